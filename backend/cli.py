@@ -1,0 +1,293 @@
+"""The ``samx`` command line."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+from tqdm import tqdm
+
+from backend.config import Settings
+from backend.db import Database
+
+
+def _setup_logging(settings: Settings) -> None:
+    settings.logs_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(settings.logs_dir / "samx.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(process)d: %(message)s"))
+    root = logging.getLogger()
+    if not any(isinstance(h, logging.FileHandler) for h in root.handlers):
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+def open_db(settings: Settings) -> Database:
+    """Every command that needs the database gets an up-to-date schema first (idempotent)."""
+    settings.ensure_dirs()
+    _setup_logging(settings)
+    db = Database(settings)
+    db.upgrade()
+    db.seed_vocabulary()
+    return db
+
+
+@click.group()
+@click.option("--data-dir", type=click.Path(file_okay=False), envvar="SAMX_DATA_DIR",
+              help="Where samx keeps its database, images and models (default ./samx-data).")
+@click.pass_context
+def main(ctx: click.Context, data_dir: str | None) -> None:
+    """samx: human-in-the-loop labeling for musculoskeletal radiographs."""
+    ctx.obj = Settings.from_env(data_dir)
+
+
+pass_settings = click.make_pass_decorator(Settings)
+
+
+@main.command()
+@click.option("--admin-user", default="admin", show_default=True)
+@click.option("--admin-password", envvar="SAMX_ADMIN_PASSWORD", help="Default: generated and printed once.")
+@pass_settings
+def init(settings: Settings, admin_user: str, admin_password: str | None) -> None:
+    """Create the data directory, database schema, vocabulary and first admin account."""
+    from backend.users import ensure_admin
+
+    db = open_db(settings)
+    settings.secret()
+    made = ensure_admin(db, admin_user, admin_password)
+    click.echo(f"data directory: {settings.data_dir}")
+    click.echo(f"database:       {_safe_url(settings.database_url)}")
+    click.echo(f"job queue:      {settings.queue_url if settings.queue_url != 'sqlite' else settings.queue_file}")
+    if made:
+        pw_file = settings.data_dir / "initial-admin-password"
+        pw_file.write_text(made[1] + "\n")
+        pw_file.chmod(0o600)
+        click.echo(f"admin account:  {made[0]} / {made[1]}  (also in {pw_file})")
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+@main.command()
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--n", "n", type=int, default=200, show_default=True, help="Number of phantoms.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["mixed", "dcm", "png"]), default="mixed", show_default=True)
+@click.option("--size", type=int, default=512, show_default=True, help="Long side in pixels (about).")
+@click.option("--lesion-rate", type=float, default=0.3, show_default=True)
+@click.option("--implant-rate", type=float, default=0.1, show_default=True)
+@click.option("--workers", type=int, default=os.cpu_count() or 1, show_default=True)
+def synth(out: str, n: int, seed: int, fmt: str, size: int, lesion_rate: float, implant_rate: float, workers: int) -> None:
+    """Draw synthetic radiographs (phantoms) of 8+ body regions with lesions and fake PHI."""
+    from imaging.phantoms import generate_phantoms
+
+    with tqdm(total=n, desc="phantoms", unit="img", disable=None) as bar:
+        truth = generate_phantoms(out, n, seed=seed, fmt=fmt, size=size, lesion_rate=lesion_rate,
+                                  implant_rate=implant_rate, workers=workers,
+                                  progress=lambda k: bar.update(k - bar.n))
+    images = truth["images"]
+    regions: dict[str, int] = {}
+    for im in images:
+        regions[im["region"]] = regions.get(im["region"], 0) + 1
+    lesions = sum(len(im["lesions"]) for im in images)
+    click.echo(f"wrote {len(images)} phantoms to {Path(out).resolve()} "
+               f"({', '.join(f'{k} {v}' for k, v in sorted(regions.items()))}; {lesions} lesions)")
+    click.echo(f"ground truth: {Path(out).resolve() / 'truth.json'}")
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--report", type=click.Path(dir_okay=False), help="Write one JSON record per file here.")
+@click.option("--voi", type=click.Choice(["auto", "lut", "window", "none"]), default="auto", show_default=True,
+              help="DICOM intensity transform: VOI LUT, window center/width, or the full range.")
+@click.option("--workers", type=int, default=None, help="Decoding processes (default: all cores).")
+@click.option("--background", is_flag=True, help="Queue a job for `samx worker` instead of running here.")
+@pass_settings
+def ingest(settings: Settings, paths: tuple[str, ...], report: str | None, voi: str, workers: int | None,
+           background: bool) -> None:
+    """Import radiographs (DICOM, PNG, JPEG, TIFF) from files and folders.
+
+    Exact duplicates (by content) are skipped; unreadable files are recorded with a reason;
+    an interrupted run can simply be started again.
+    """
+    from backend.jobs import enqueue, execute
+    from backend.models import JobStatus
+
+    db = open_db(settings)
+    params = {"paths": [str(Path(p).resolve()) for p in paths], "voi": voi, "workers": workers,
+              "report": str(Path(report).resolve()) if report else None}
+    job = enqueue(db, "ingest", params, send=background)
+    if background:
+        click.echo(f"queued job {job.id}; run `samx worker` to process it, `samx jobs show {job.id}` to follow it")
+        return
+    with tqdm(desc="ingest", unit="file", disable=None) as bar:
+        def on_progress(done: int, total: int | None, _msg: str | None) -> None:
+            if total is not None and bar.total != total:
+                bar.total = total
+            bar.update(done - bar.n)
+
+        finished = execute(db, job.id, on_progress=on_progress)
+    if finished is None or finished.status != JobStatus.succeeded:
+        raise click.ClickException(f"ingest failed: {finished.error if finished else 'job could not start'}")
+    r = finished.result
+    click.echo(f"{r['files']} files in {r['seconds']:.1f} s ({r['files_per_second']:.1f}/s): "
+               f"{r['imported']} imported, {r['duplicate']} duplicates, {r['rejected']} rejected")
+    for code, count in sorted(r["rejected_by_reason"].items(), key=lambda kv: -kv[1]):
+        click.echo(f"  rejected {count:>6}  {code}")
+    if r["rejected"]:
+        click.echo("  (`samx images --rejected` lists them with reasons)")
+    click.echo(f"data directory: {settings.data_dir}")
+    if report:
+        click.echo(f"report: {Path(report).resolve()}")
+
+
+@main.command()
+@click.option("--rejected", is_flag=True, help="Only files that could not be imported, with the reason.")
+@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@pass_settings
+def images(settings: Settings, rejected: bool, limit: int, as_json: bool) -> None:
+    """List ingested images (or rejected files)."""
+    from sqlalchemy import func, select
+
+    from backend.models import Image, ImageStatus
+
+    db = open_db(settings)
+    status = ImageStatus.rejected if rejected else ImageStatus.imported
+    with db.session() as s:
+        total = s.scalar(select(func.count()).select_from(Image).where(Image.status == status))
+        rows = s.scalars(select(Image).where(Image.status == status).order_by(Image.id).limit(limit)).all()
+    if as_json:
+        click.echo(json.dumps([{"id": r.id, "path": r.source_path, "status": r.status.value,
+                                "reason": r.reason, "code": r.reason_code, "rows": r.rows, "columns": r.columns}
+                               for r in rows], indent=1))
+        return
+    for r in rows:
+        if rejected:
+            click.echo(f"{r.id:>7}  {r.reason_code:<28} {r.source_path}\n         {r.reason}")
+        else:
+            click.echo(f"{r.id:>7}  {r.format or '':<6} {r.columns}x{r.rows} {r.bits_stored}-bit "
+                       f"{r.modality or '-':<4} {r.body_part or '-':<12} {r.source_path}")
+    click.echo(f"{len(rows)} of {total} {status.value}")
+
+
+@main.group(invoke_without_command=True)
+@click.option("--status", type=click.Choice(["queued", "running", "succeeded", "failed", "cancelled"]))
+@click.option("--limit", type=int, default=20, show_default=True)
+@click.pass_context
+def jobs(ctx: click.Context, status: str | None, limit: int) -> None:
+    """List background jobs (subcommands: show, retry, cancel)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from sqlalchemy import select
+
+    from backend.jobs import reap_stale
+    from backend.models import Job
+
+    db = open_db(ctx.obj)
+    reap_stale(db)
+    with db.session() as s:
+        q = select(Job).order_by(Job.id.desc()).limit(limit)
+        if status:
+            q = q.where(Job.status == status)
+        rows = s.scalars(q).all()
+    if not rows:
+        click.echo("no jobs")
+    for j in rows:
+        click.echo(_job_line(j))
+
+
+def _job_line(j) -> str:
+    progress = f"{j.done}/{j.total}" if j.total else str(j.done or "")
+    return f"{j.id:>5}  {j.kind:<10} {j.status.value:<10} {progress:>12}  {j.created_at:%Y-%m-%d %H:%M}  {j.error or j.message or ''}"
+
+
+@jobs.command("show")
+@click.argument("job_id", type=int)
+@pass_settings
+def jobs_show(settings: Settings, job_id: int) -> None:
+    """One job with its parameters, progress and result."""
+    from backend.models import Job
+
+    db = open_db(settings)
+    with db.session() as s:
+        j = s.get(Job, job_id)
+    if j is None:
+        raise click.ClickException(f"no job {job_id}")
+    click.echo(_job_line(j))
+    click.echo(json.dumps({"params": j.params, "result": j.result, "attempts": j.attempts, "worker": j.worker,
+                           "progress": j.progress, "error": j.error}, indent=2, default=str))
+
+
+@jobs.command("retry")
+@click.argument("job_id", type=int)
+@pass_settings
+def jobs_retry(settings: Settings, job_id: int) -> None:
+    """Queue a failed or cancelled job again (it resumes: finished work is not repeated)."""
+    from backend.jobs import JobFailed, retry
+
+    try:
+        retry(open_db(settings), job_id)
+    except JobFailed as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"job {job_id} queued again; `samx worker` runs it")
+
+
+@jobs.command("cancel")
+@click.argument("job_id", type=int)
+@pass_settings
+def jobs_cancel(settings: Settings, job_id: int) -> None:
+    from backend.jobs import JobFailed, cancel
+
+    try:
+        j = cancel(open_db(settings), job_id)
+    except JobFailed as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(_job_line(j))
+
+
+@main.command()
+@click.option("--workers", type=int, default=1, show_default=True, help="Processes in this worker.")
+@click.option("--burst", is_flag=True, help="Exit when the queue is empty.")
+@pass_settings
+def worker(settings: Settings, workers: int, burst: bool) -> None:
+    """Run queued jobs (embedded SQLite queue by default; Redis with SAMX_QUEUE=redis://...)."""
+    from backend.jobs import reap_stale
+    from backend.jobs.queue import run_worker
+
+    db = open_db(settings)
+    reaped = reap_stale(db)
+    if reaped:
+        click.echo(f"found jobs of a dead worker: {reaped}")
+    db.dispose()
+    click.echo(f"worker on {settings.queue_url if settings.queue_url != 'sqlite' else settings.queue_file}", err=True)
+    run_worker(settings, workers, burst=burst)
+
+
+@main.group()
+def users() -> None:
+    """Manage accounts (roles: admin, radiologist, viewer)."""
+
+
+@users.command("add")
+@click.argument("username")
+@click.option("--role", type=click.Choice(["admin", "radiologist", "viewer"]), default="radiologist", show_default=True)
+@click.password_option()
+@pass_settings
+def users_add(settings: Settings, username: str, role: str, password: str) -> None:
+    from backend.users import create_user
+
+    try:
+        create_user(open_db(settings), username, password, role)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"user {username} ({role}) created")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,260 @@
+"""``samx ingest``: walk folders, de-identify and decode every file, record each outcome.
+
+Decoding runs in worker processes; only this process writes the database, one transaction
+per file, after the image's files are completely on disk. An interrupted run leaves
+complete rows or none, and the next run skips what is already there (by content hash).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from sqlalchemy import select
+
+from backend.config import Settings
+from backend.db import Database
+from backend.image_store import thumbnail_relpath, write_pixels
+from backend.models import Image, ImageStatus
+
+log = logging.getLogger("samx.ingest")
+
+Progress = Callable[[int, int, str | None], None]
+
+
+def iter_files(paths: Iterable[str | Path], *, exclude: Path | None = None) -> Iterator[Path]:
+    """Every regular file under ``paths``, in a stable order; hidden files and ``exclude``
+    (our own data directory) are skipped, symlinked folders are not followed."""
+    for raw in paths:
+        root = Path(raw)
+        if root.is_file():
+            yield root
+            continue
+        if not root.is_dir():
+            raise FileNotFoundError(f"{root}: no such file or directory")
+        for dirpath, dirnames, filenames in os.walk(root):
+            here = Path(dirpath)
+            dirnames[:] = sorted(
+                d for d in dirnames
+                if not d.startswith(".") and (exclude is None or (here / d).resolve() != exclude)
+            )
+            for name in sorted(filenames):
+                if not name.startswith("."):
+                    yield here / name
+
+
+@dataclass
+class FileOutcome:
+    """What a worker process found for one file (plain data: it crosses processes)."""
+
+    path: str
+    content_hash: str | None
+    file_size: int
+    status: str  # imported | duplicate | rejected
+    code: str | None = None
+    reason: str | None = None
+    meta: dict | None = None
+    store_path: str | None = None
+    thumbnail_path: str | None = None
+
+
+# ---------------------------------------------------------------- worker side (no database)
+
+_worker_state: dict = {}
+
+
+def _init_worker(settings: Settings, known_imported: frozenset[str], voi: str) -> None:
+    import warnings
+
+    from imaging.deidentify import Deidentifier
+
+    warnings.simplefilter("ignore")  # pydicom warns per odd element; the outcome carries the reason
+
+    _worker_state.update(settings=settings, known=known_imported, voi=voi,
+                         deidentifier=Deidentifier(settings.secret()))
+
+
+def _process(path_str: str) -> FileOutcome:
+    """Read once, hash, decode, de-identify, write pixels + thumbnail. Never raises."""
+    from imaging.errors import ImageRejected
+    from imaging.reader import read_radiograph
+    from imaging.thumbnails import write_thumbnail
+
+    settings: Settings = _worker_state["settings"]
+    path = Path(path_str)
+    try:
+        size = path.stat().st_size
+        from imaging.reader import MAX_FILE_BYTES
+
+        if size > MAX_FILE_BYTES:
+            return FileOutcome(path_str, None, size, "rejected", "too_large", f"file is {size / 1024**3:.1f} GiB")
+        data = path.read_bytes()
+    except OSError as exc:
+        return FileOutcome(path_str, None, 0, "rejected", "unreadable", f"cannot read file: {exc.strerror or exc}")
+    digest = hashlib.sha256(data).hexdigest()
+    if digest in _worker_state["known"]:
+        return FileOutcome(path_str, digest, len(data), "duplicate")
+    try:
+        rad = read_radiograph(data, voi=_worker_state["voi"], deidentifier=_worker_state["deidentifier"])
+        store_path = write_pixels(settings, digest, rad.pixels)
+        thumb = thumbnail_relpath(digest)
+        write_thumbnail(rad.pixels, settings.data_dir / thumb)
+    except ImageRejected as exc:
+        return FileOutcome(path_str, digest, len(data), "rejected", exc.code, exc.reason)
+    except Exception as exc:  # a bug must cost one file, not the batch
+        log.exception("unexpected error on %s", path_str)
+        return FileOutcome(path_str, digest, len(data), "rejected", "internal_error", f"{type(exc).__name__}: {exc}")
+    return FileOutcome(path_str, digest, len(data), "imported", meta=rad.meta.to_dict(),
+                       store_path=store_path, thumbnail_path=thumb)
+
+
+# ---------------------------------------------------------------- main side (database)
+
+
+@dataclass
+class IngestSummary:
+    files: int = 0
+    by_status: Counter = field(default_factory=Counter)
+    by_reason: Counter = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.files / self.seconds if self.seconds else 0.0
+
+    def to_dict(self) -> dict:
+        return {"files": self.files, "imported": self.by_status["imported"],
+                "duplicate": self.by_status["duplicate"], "rejected": self.by_status["rejected"],
+                "rejected_by_reason": dict(self.by_reason), "seconds": round(self.seconds, 3),
+                "files_per_second": round(self.images_per_second, 2)}
+
+
+class _ReportWriter:
+    """Streams ``--report`` records to disk: memory stays flat on 100,000-file dumps."""
+
+    def __init__(self, path: Path | None):
+        self.path, self.tmp, self.f, self.first = path, None, None, True
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp = path.with_name(path.name + ".partial")
+            self.f = self.tmp.open("w", encoding="utf-8")
+            self.f.write("[\n")
+
+    def write(self, record: dict) -> None:
+        if self.f is not None:
+            self.f.write(("" if self.first else ",\n") + json.dumps(record, ensure_ascii=False))
+            self.first = False
+
+    def close(self) -> None:
+        if self.f is not None:
+            self.f.write("\n]\n")
+            self.f.close()
+            os.replace(self.tmp, self.path)
+            self.f = None
+
+    def abort(self) -> None:
+        """Interrupted: keep what was written as ``.partial`` for the person to inspect."""
+        if self.f is not None:
+            self.f.close()
+            self.f = None
+
+
+def _image_columns(outcome: FileOutcome) -> dict:
+    m = outcome.meta or {}
+    return dict(
+        format=m.get("format"), rows=m.get("rows"), columns=m.get("columns"), bits_stored=m.get("bits_stored"),
+        photometric=m.get("photometric"), modality=m.get("modality"), body_part=m.get("body_part"),
+        view_position=m.get("view_position"), laterality=m.get("laterality"), manufacturer=m.get("manufacturer"),
+        patient_pseudonym=m.get("patient_id"), study_uid=m.get("study_uid"), series_uid=m.get("series_uid"),
+        sop_uid=m.get("sop_uid"), study_date=m.get("study_date"), meta=m,
+        store_path=outcome.store_path, thumbnail_path=outcome.thumbnail_path,
+    )
+
+
+def ingest_paths(
+    db: Database,
+    paths: Iterable[str | Path],
+    *,
+    report: str | Path | None = None,
+    voi: str = "auto",
+    workers: int | None = None,
+    progress: Progress | None = None,
+    job_id: int | None = None,
+) -> IngestSummary:
+    settings = db.settings
+    settings.ensure_dirs()
+    settings.secret()  # create before workers start so all agree on one key
+    files = [str(p) for p in iter_files(paths, exclude=settings.data_dir)]
+    summary = IngestSummary(files=len(files))
+    with db.session() as s:
+        known: dict[str, tuple[int, ImageStatus]] = {
+            h: (i, st) for i, h, st in s.execute(select(Image.id, Image.content_hash, Image.status))
+        }
+    known_imported = frozenset(h for h, (_, st) in known.items() if st == ImageStatus.imported)
+    workers = max(1, min(workers or os.cpu_count() or 1, len(files) or 1))
+    writer = _ReportWriter(Path(report) if report else None)
+    started = time.perf_counter()
+    session = db.sessionmaker()
+
+    def record(outcome: FileOutcome) -> None:
+        """One file, one transaction: a kill loses at most the file in flight."""
+        row = None
+        prior = known.get(outcome.content_hash) if outcome.content_hash else None
+        if outcome.status != "rejected" and prior is not None and prior[1] == ImageStatus.imported:
+            outcome.status = "duplicate"
+        elif outcome.status == "imported":
+            row = session.get(Image, prior[0]) if prior else None  # a once-rejected file now decodes
+            if row is None:
+                row = Image(content_hash=outcome.content_hash)
+                session.add(row)
+            for key, value in _image_columns(outcome).items():
+                setattr(row, key, value)
+            row.status, row.reason_code, row.reason = ImageStatus.imported, None, None
+        elif outcome.status == "rejected" and outcome.content_hash is not None:
+            row = session.get(Image, prior[0]) if prior else None
+            if row is None:
+                row = Image(content_hash=outcome.content_hash, status=ImageStatus.rejected, meta={})
+                session.add(row)
+            row.reason_code, row.reason = outcome.code, outcome.reason
+        if row is not None:
+            row.source_path, row.file_size, row.ingest_job_id = outcome.path, outcome.file_size, job_id
+            session.commit()
+            known[outcome.content_hash] = (row.id, row.status)
+        image_id = row.id if row is not None else known.get(outcome.content_hash or "", (None,))[0]
+        summary.by_status[outcome.status] += 1
+        if outcome.status == "rejected":
+            summary.by_reason[outcome.code or "unknown"] += 1
+            log.info("rejected %s: %s: %s", outcome.path, outcome.code, outcome.reason)
+        writer.write({"path": outcome.path, "status": outcome.status,
+                      "reason": f"{outcome.code}: {outcome.reason}" if outcome.code else None,
+                      "image_id": image_id})
+
+    init_args = (settings, known_imported, voi)
+    pool = None
+    try:
+        if workers == 1:
+            _init_worker(*init_args)
+            outcomes: Iterator[FileOutcome] = map(_process, files)
+        else:
+            pool = multiprocessing.get_context("spawn").Pool(workers, _init_worker, init_args)
+            outcomes = pool.imap(_process, files, chunksize=2)
+        for done, outcome in enumerate(outcomes, 1):
+            record(outcome)
+            if progress is not None:
+                progress(done, len(files), None)
+        writer.close()
+    finally:
+        session.close()
+        writer.abort()
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+    summary.seconds = time.perf_counter() - started
+    return summary

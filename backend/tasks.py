@@ -1,0 +1,17 @@
+"""Job handlers: the code a worker (or the CLI, in-process) runs for each job kind."""
+from __future__ import annotations
+
+from backend.jobs.runner import JobContext, job_kind
+
+
+@job_kind("ingest")
+def ingest_job(ctx: JobContext) -> dict:
+    from backend.ingest import ingest_paths
+
+    p = ctx.params
+    summary = ingest_paths(
+        ctx.db, p["paths"], report=p.get("report"), voi=p.get("voi", "auto"), workers=p.get("workers"),
+        progress=lambda done, total, msg: ctx.progress(done, total, msg), job_id=ctx.job_id,
+    )
+    ctx.progress(summary.files, summary.files, "done", force=True)
+    return summary.to_dict()

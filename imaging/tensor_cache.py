@@ -1,0 +1,64 @@
+"""Enhanced, letterboxed float16 training tensors on disk, computed once per image and method.
+
+Keys are content hashes, so an entry never goes stale; entries are written atomically, so
+concurrent writers of the same key each produce a whole file and the last one wins.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from imaging.enhance import ENHANCERS, enhance
+from imaging.files import write_atomic
+from imaging.thumbnails import resize_long_side
+
+_KEY = re.compile(r"[0-9a-f]{2,128}")
+
+
+def letterbox(img: np.ndarray, size: int) -> np.ndarray:
+    """Long side = ``size``, aspect kept, centred on a zero (black) square."""
+    small = resize_long_side(img.astype(np.float32, copy=False), size)
+    out = np.zeros((size, size), dtype=np.float32)
+    h, w = small.shape
+    top, left = (size - h) // 2, (size - w) // 2
+    out[top : top + h, left : left + w] = small
+    return out
+
+
+class TensorCache:
+    """``root/<method>_<size>/<key[:2]>/<key>.npy``, read back memory-mapped."""
+
+    def __init__(self, root: str | Path, size: int = 256, method: str = "fhe"):
+        if method not in ENHANCERS:
+            raise ValueError(f"unknown enhancement {method!r}; choose from {sorted(ENHANCERS)}")
+        self.root = Path(root)
+        self.size = size
+        self.method = method
+        self.dir = self.root / f"{method}_{size}"
+
+    def path(self, key: str) -> Path:
+        if not _KEY.fullmatch(key):  # keys become file names: no separators, no surprises
+            raise ValueError(f"cache key must be a lower-case hex content hash, got {key!r}")
+        return self.dir / key[:2] / f"{key}.npy"
+
+    def has(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def get(self, key: str, load: Callable[[], np.ndarray]) -> np.ndarray:
+        """The cached tensor, computing it from ``load()`` (a float32 [0, 1] image) on a miss."""
+        path = self.path(key)
+        if path.is_file():
+            try:
+                return np.load(path, mmap_mode="r")
+            except (ValueError, OSError):
+                pass  # unreadable entry (e.g. disk trouble): recompute and overwrite it
+        tensor = letterbox(enhance(load(), self.method), self.size).astype(np.float16)
+        buf = io.BytesIO()
+        np.save(buf, tensor, allow_pickle=False)
+        write_atomic(path, buf.getvalue())
+        return np.load(path, mmap_mode="r")
