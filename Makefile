@@ -23,7 +23,7 @@ demo: $(STAMP)
 	    $(SAMX) --data-dir $(DEMO_DIR) ingest "$(SAMX_DATA)" --report $(DEMO_DIR)/ingest-report.json; \
 	else \
 	    test -f $(DEMO_DIR)/phantoms/truth.json || $(SAMX) synth $(DEMO_DIR)/phantoms --n $(DEMO_N); \
-	    $(SAMX) --data-dir $(DEMO_DIR) ingest $(DEMO_DIR)/phantoms --report $(DEMO_DIR)/ingest-report.json; \
+	    $(SAMX) --data-dir $(DEMO_DIR) ingest $(DEMO_DIR)/phantoms/images --report $(DEMO_DIR)/ingest-report.json; \
 	fi
 	@$(SAMX) --data-dir $(DEMO_DIR) jobs --limit 3
 	@echo "thumbnails: $(abspath $(DEMO_DIR))/thumbnails   log: $(abspath $(DEMO_DIR))/logs/samx.log"

@@ -97,6 +97,7 @@ def synth(out: str, n: int, seed: int, fmt: str, size: int, lesion_rate: float, 
     lesions = sum(len(im["lesions"]) for im in images)
     click.echo(f"wrote {len(images)} phantoms to {Path(out).resolve()} "
                f"({', '.join(f'{k} {v}' for k, v in sorted(regions.items()))}; {lesions} lesions)")
+    click.echo(f"images:       {Path(out).resolve() / 'images'}   (samx ingest this folder)")
     click.echo(f"ground truth: {Path(out).resolve() / 'truth.json'}")
 
 

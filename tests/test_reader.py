@@ -10,12 +10,12 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.dataset import Dataset
 
 from imaging.errors import ImageRejected
 from imaging.reader import read_radiograph
 from tests.conftest import pydicom_data_radiographs, pydicom_test_files
+from tests.factories import dicom_bytes
 
 REJECTION_CODES = {"not_image", "no_pixel_data", "truncated", "corrupt", "unsupported_transfer_syntax",
                    "decode_failed", "too_large", "unreadable"}
@@ -98,29 +98,7 @@ def test_rg3_monochrome1_extremity_has_bone_bright_and_background_dark(stem: str
 # ----------------------------------------------------------------- synthetic DICOM
 
 
-def _dicom(pixels: np.ndarray, **tags) -> bytes:
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = 16
-    ds.BitsStored = 12
-    ds.HighBit = 11
-    ds.PixelRepresentation = 0
-    for k, v in tags.items():
-        setattr(ds, k, v)
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
-
+_dicom = dicom_bytes
 
 GRADIENT = np.tile(np.arange(0, 4096, 16, dtype=np.uint16), (64, 1))  # 64 x 256, 12-bit ramp
 

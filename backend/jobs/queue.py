@@ -5,6 +5,8 @@ deployments run the same task code and show progress the same way.
 """
 from __future__ import annotations
 
+import logging
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -14,6 +16,7 @@ from huey.api import TaskWrapper
 from backend.config import Settings
 
 TASK_NAME = "samx.run_job"
+log = logging.getLogger("samx.jobs")
 
 
 @dataclass(frozen=True)
@@ -57,5 +60,23 @@ def run_worker(settings: Settings, workers: int = 1, *, burst: bool = False) -> 
             if task is None:
                 return
             huey.execute(task)
-    Consumer(huey, workers=workers, worker_type="process" if workers > 1 else "thread",
-             periodic=False, check_worker_health=True).run()
+    stop = threading.Event()
+    threading.Thread(target=_reap_forever, args=(settings, stop), daemon=True).start()
+    try:
+        Consumer(huey, workers=workers, worker_type="process" if workers > 1 else "thread",
+                 periodic=False, check_worker_health=True).run()
+    finally:
+        stop.set()
+
+
+def _reap_forever(settings: Settings, stop: threading.Event, every: float = 30.0) -> None:
+    """Live workers pick up the jobs of a dead one (another machine's, too)."""
+    from backend.db import Database
+    from backend.jobs.runner import reap_stale
+
+    db = Database(settings)
+    while not stop.wait(every):
+        try:
+            reap_stale(db)
+        except Exception:  # the database being briefly away must not kill the worker
+            log.warning("reaping stale jobs failed", exc_info=True)

@@ -9,7 +9,7 @@ import numpy as np
 
 from .shapes import (
     Anatomy, Jitter, P, Shape, arc, bezier, bone, bone_stroke, capsule, ellipse, hole, metal,
-    mirror_x, rounded_rect, smooth, soft,
+    mirror_x, rounded_rect, smooth, soft, zoom,
 )
 
 SOFT = 0.32
@@ -92,19 +92,7 @@ def pelvis(rng: np.random.Generator) -> Anatomy:
     if j.chance(0.7):
         shapes += _vertebra(j, -1.1, 0.24, 0.13, 0.42)
     sites = [(P(-0.71, 0.75), P(-0.69, 1.5), 0.11), (P(0.71, 0.75), P(0.69, 1.5), 0.11)]
-    return _scaled(Anatomy(shapes, sites, _hip_prosthesis, "AP", False), 0.82)
-
-
-def _scaled(a: Anatomy, k: float) -> Anatomy:
-    """Shrink a region drawn too large for the field (widths and cortices scale too)."""
-    shapes = [s.transformed(lambda c: c * k) for s in a.shapes]
-    for s in shapes:
-        s.width *= k
-        s.cortex *= k
-    sites = [(p0 * k, p1 * k, hw * k) for p0, p1, hw in a.plate_sites]
-    build = a.prosthesis
-    prosthesis = None if build is None else (lambda rng: _scaled(Anatomy(build(rng)), k).shapes)
-    return Anatomy(shapes, sites, prosthesis, a.view, a.paired)
+    return zoom(Anatomy(shapes, sites, _hip_prosthesis, "AP", False), 0.82)
 
 
 def _hip_prosthesis(rng: np.random.Generator) -> list[Shape]:

@@ -15,7 +15,7 @@ import numpy as np
 
 from .anatomy import REGIONS
 from .identity import make_identity
-from .render import _render
+from .render import render_with_identity
 from .writers import write_dicom, write_png
 
 GENERATOR = "samx-phantoms"
@@ -65,7 +65,8 @@ def _make(args: tuple[dict, dict, str]) -> dict:
     """One job: render, write, return its truth entry (top level so spawn can pickle it)."""
     job, opts, out_dir = args
     identity = make_identity(opts["seed"], job["patient"], job["study"], job["index"])
-    ph = _render(job["seed"], job["region"], opts["size"], opts["lesion_rate"], opts["implant_rate"], identity)
+    ph = render_with_identity(job["seed"], job["region"], opts["size"], opts["lesion_rate"], opts["implant_rate"],
+                              identity)
     path = Path(out_dir) / job["file"]
     if job["format"] == "dicom":
         write_dicom(path, ph, instance=job["index"] + 1)

@@ -5,10 +5,10 @@ a de-identification test can search for each value and know whose it is.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
-from pydicom.uid import generate_uid
 
 ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 SYLLABLES = ("ka", "zu", "rem", "vo", "lin", "tar", "qui", "sel", "mo", "dra", "fen", "xi", "bor", "nu", "pel", "gax")
@@ -25,6 +25,12 @@ def _code(rng: np.random.Generator, index: int) -> str:
         index, r = divmod(index, 32)
         tail = ALPHABET[r] + tail
     return head + tail
+
+
+def uid(*parts) -> str:
+    """Deterministic UUID-derived UID (2.25.<128-bit int>), unique per ``parts``."""
+    digest = hashlib.sha256("/".join(["samx-phantoms", *map(str, parts)]).encode()).digest()
+    return f"2.25.{int.from_bytes(digest[:16], 'big')}"
 
 
 def _name(rng: np.random.Generator) -> str:
@@ -100,6 +106,5 @@ def make_identity(root: int, patient: int, study: int, image: int) -> Identity:
     private = f"PHI-PRIVATE {code}-{study}-{image}"
     # single-letter sex is not greppable; every other value is listed
     phi = list(dict.fromkeys(v for k, v in tags.items() if k != "PatientSex")) + [private]
-    uid = lambda *parts: generate_uid(prefix=None, entropy_srcs=["samx-phantoms", *map(str, parts)])  # noqa: E731
     return Identity(tags, private, tags["PatientID"], uid(root, patient, study, "study"),
                     uid(root, patient, study, "series"), uid(root, patient, study, image, "sop"), phi)

@@ -49,7 +49,7 @@ def _malignant(rng, roi, bm, u, v, dc):
     noise = cv2.GaussianBlur(rng.standard_normal(roi.shape).astype(np.float32), (0, 0), max(0.7, r / 6))
     noise /= noise.std() + 1e-6
     falloff = 1.0 - rho**2
-    holes = 1.0 / (1.0 + np.exp(-(1.4 * noise + 2.0 * falloff - 1.2) / 0.3))
+    holes = 0.5 + 0.5 * np.tanh((1.4 * noise + 2.0 * falloff - 1.2) / 0.6)
     holes *= np.clip((1.35 - rho) / 0.35, 0, 1)
     roi *= 1 - rng.uniform(0.6, 0.9) * holes.astype(np.float32)
 
@@ -108,7 +108,7 @@ def place_lesions(bone: np.ndarray, lesionable: np.ndarray, allowed: np.ndarray,
         idx = int(cand[rng.choice(len(cand), p=wts / wts.sum())])
         cy, cx = divmod(idx, w)
         dc = float(min(dist[cy, cx], 0.1 * px_per_unit))
-        ext = int(np.ceil(dc * 3.2 + 8))
+        ext = int(np.ceil(dc * 3.8 + 8))  # room for periosteal spicules
         box = (max(cx - ext, 0), max(cy - ext, 0), min(cx + ext + 1, w), min(cy + ext + 1, h))
         x0, y0, x1, y1 = box
         roi = bone[y0:y1, x0:x1]

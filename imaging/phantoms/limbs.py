@@ -8,13 +8,13 @@ from __future__ import annotations
 import numpy as np
 
 from .shapes import (
-    Anatomy, Jitter, P, Shape, bone, capsule, direction, ellipse, long_bone, metal, smooth, soft,
+    Anatomy, Jitter, P, Shape, bone, capsule, direction, ellipse, long_bone, metal, smooth, soft, zoom,
 )
 
 SOFT = 0.32  # envelope density; kept similar across regions so soft tissue is not a region cue
 
 
-def _ray(j: Jitter, base, angle, lengths, widths, gap, finger_angle, tuft=True) -> tuple[list[Shape], np.ndarray]:
+def _ray(j: Jitter, base, angle, lengths, widths, gap, finger_angle) -> tuple[list[Shape], np.ndarray]:
     """One metacarpal/metatarsal plus its phalanges, joint gaps included.
 
     ``lengths``: (metacarpal, proximal, [middle], distal); ``widths``: matching
@@ -25,10 +25,8 @@ def _ray(j: Jitter, base, angle, lengths, widths, gap, finger_angle, tuft=True) 
     for i, (length, (hb, hm, hh)) in enumerate(zip(lengths, widths)):
         ang = angle if i == 0 else finger_angle
         q = p + direction(ang) * j(length)
-        distal = i == len(lengths) - 1
-        h1 = hh if not (distal and tuft) else hh * 1.1
-        shapes.append(bone(long_bone(p, q, j(hb, 0.08), j(hm, 0.08), j(h1, 0.08)), 1.0, 0.45, 0.016,
-                           lesionable=True))
+        h1 = hh * 1.1 if i == len(lengths) - 1 else hh  # distal tuft
+        shapes.append(bone(long_bone(p, q, j(hb, 0.08), j(hm, 0.08), j(h1, 0.08)), 1.0, 0.45, 0.016))
         p = q + direction(ang) * j(gap, 0.3)
     return shapes, p
 
@@ -60,12 +58,13 @@ def hand(rng: np.random.Generator) -> Anatomy:
         shapes.append(soft(capsule(heads[-1], tip + direction(fang) * 0.02, 0.062 * ws), SOFT, 1))
         if k == 0 and j.chance(0.7):  # thumb sesamoid
             shapes.append(bone(ellipse(heads[-1] + P(0.03, 0.02), 0.018, 0.015), 0.9, 0.5, 0.01, False))
-    palm = smooth([(-0.30, 0.60), (-0.33, 0.45), heads[0], heads[1] + P(-0.03, -0.02), heads[2] + P(0, -0.03),
-                   heads[3] + P(0.01, -0.02), heads[4] + P(0.05, -0.01), (0.27, 0.35), (0.26, 0.65)], 2)
+    palm = smooth([(-0.27, 0.68), (-0.32, 0.47), heads[0], heads[1] + P(-0.03, -0.02), heads[2] + P(0, -0.03),
+                   heads[3] + P(0.01, -0.02), heads[4] + P(0.05, -0.01), (0.27, 0.38), (0.23, 0.68)], 2)
     shapes.append(soft(palm, SOFT, 1))
     shapes += _carpals(j)
     shapes += _forearm(j, 1.7)
-    shapes.append(soft([(-0.33, 0.55), (0.28, 0.55), (0.26, 1.8), (-0.33, 1.8)], SOFT, 1))
+    shapes.append(soft(smooth([(-0.25, 0.62), (0.21, 0.62), (0.29, 1.0), (0.28, 1.8), (-0.35, 1.8), (-0.34, 1.0)],
+                              1), SOFT, 1))  # forearm
     sites = [(P(-0.08, 1.05), P(-0.08, 1.5), 0.08), (P(-0.12, 0.38), P(-0.2, -0.05), 0.03)]
     return Anatomy(shapes, sites, None, "PA", True)
 
@@ -104,14 +103,8 @@ def wrist(rng: np.random.Generator) -> Anatomy:
     """The hand geometry zoomed ~2x on the carpus: carpal cluster, distal radius/ulna and
     metacarpal bases fill the field, the fingers fall outside it."""
     a = hand(rng)
-    centre = np.array([-0.03, 0.66])
-    zoom = 2.1
-    shapes = [s.transformed(lambda c: (c - centre) * zoom) for s in a.shapes]
-    for s in shapes:
-        s.cortex *= 0.75  # cortex is anatomically thick, not zoom-proportional
-        s.width *= zoom
-    sites = [((p0 - centre) * zoom, (p1 - centre) * zoom, hw * zoom) for p0, p1, hw in a.plate_sites[:1]]
-    return Anatomy(shapes, sites, None, "PA", True)
+    a.plate_sites = a.plate_sites[:1]  # the radius; the metacarpal site leaves the field
+    return zoom(a, 2.1, centre=(-0.03, 0.66))
 
 
 def knee(rng: np.random.Generator) -> Anatomy:
@@ -157,19 +150,20 @@ def foot(rng: np.random.Generator) -> Anatomy:
     shapes: list[Shape] = []
     # hallux on the image left for a right foot seen dorsoplantar, toes up
     rays = [
-        (-0.18, 0.06, -5, (0.42, 0.20, 0.15), 1.45),
-        (-0.07, 0.0, 0, (0.52, 0.14, 0.075, 0.07), 0.9),
-        (0.035, 0.04, 5, (0.48, 0.125, 0.07, 0.065), 0.85),
-        (0.125, 0.09, 10, (0.45, 0.115, 0.065, 0.06), 0.82),
-        (0.21, 0.15, 16, (0.40, 0.105, 0.06, 0.06), 0.85),
+        (-0.18, 0.06, -4, (0.42, 0.17, 0.12), 1.45),
+        (-0.075, 0.0, 0, (0.52, 0.11, 0.05, 0.05), 0.95),
+        (0.025, 0.04, 4, (0.48, 0.10, 0.048, 0.048), 0.9),
+        (0.115, 0.09, 8, (0.45, 0.095, 0.045, 0.045), 0.88),
+        (0.2, 0.15, 13, (0.40, 0.09, 0.04, 0.045), 0.9),
     ]
     mt_w = (0.042, 0.024, 0.042)
-    toe_w = [(0.034, 0.026, 0.03), (0.03, 0.025, 0.028), (0.028, 0.018, 0.026)]
+    toe_w = [(0.036, 0.027, 0.032), (0.03, 0.026, 0.028), (0.029, 0.022, 0.026)]
     heads = []
     for k, (bx, by, ang, lens, ws) in enumerate(rays):
         ang = j.add(ang, 3)
-        widths = [tuple(v * ws for v in mt_w)] + [tuple(v * ws for v in toe_w[i]) for i in ((0, 2) if k == 0 else (0, 1, 2))]
-        bones, tip = _ray(j, (bx, by), ang, lens, widths, 0.02, ang * 1.2 + j.add(0, 3))
+        phalanges = (0, 2) if k == 0 else (0, 1, 2)  # the hallux has no middle phalanx
+        widths = [tuple(v * ws for v in mt_w)] + [tuple(v * ws for v in toe_w[i]) for i in phalanges]
+        bones, tip = _ray(j, (bx, by), ang, lens, widths, 0.016, ang * 1.2 + j.add(0, 3))
         shapes += bones
         head = np.asarray((bx, by)) + direction(ang) * lens[0]
         heads.append(head)
@@ -178,13 +172,13 @@ def foot(rng: np.random.Generator) -> Anatomy:
         shapes.append(bone(ellipse(heads[0] + P(dx, 0.05), 0.022, 0.03, 0, 16), 0.9, 0.5, 0.01, False))
     shapes.append(bone(ellipse((0.26, 0.2), 0.045, 0.035, 30, 18), 0.9, 0.45, 0.012))  # 5th MT tuberosity
     tarsals = [
-        ((-0.18, 0.16), (0.06, 0.075), 0),  # medial cuneiform
-        ((-0.075, 0.105), (0.042, 0.05), 0),  # intermediate cuneiform
-        ((0.035, 0.14), (0.045, 0.055), 0),  # lateral cuneiform
-        ((0.175, 0.27), (0.085, 0.095), -15),  # cuboid
-        ((-0.1, 0.28), (0.13, 0.06), -10),  # navicular
-        ((-0.06, 0.46), (0.15, 0.13), 0),  # talus head/neck
-        ((0.07, 0.66), (0.16, 0.24), -8),  # calcaneus
+        ((-0.18, 0.17), (0.068, 0.085), 0),  # medial cuneiform
+        ((-0.075, 0.115), (0.048, 0.058), 0),  # intermediate cuneiform
+        ((0.03, 0.15), (0.052, 0.065), 0),  # lateral cuneiform
+        ((0.17, 0.28), (0.095, 0.105), -15),  # cuboid
+        ((-0.1, 0.29), (0.145, 0.07), -10),  # navicular
+        ((-0.05, 0.47), (0.17, 0.15), 0),  # talus head/neck
+        ((0.06, 0.68), (0.18, 0.26), -8),  # calcaneus
     ]
     for (cx, cy), (ax, ay), ang in tarsals:
         shapes.append(bone(ellipse((j.add(cx, 0.01), j.add(cy, 0.01)), j(ax), j(ay), j.add(ang, 6), 28),

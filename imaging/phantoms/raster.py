@@ -35,11 +35,12 @@ def disk(radius: int) -> np.ndarray:
 
 
 def _roi(contours: list[np.ndarray], pad: float, height: int, width: int):
-    pts = np.vstack(contours)
-    x0 = max(int(np.floor(pts[:, 0].min() - pad)) - 1, 0)
-    y0 = max(int(np.floor(pts[:, 1].min() - pad)) - 1, 0)
-    x1 = min(int(np.ceil(pts[:, 0].max() + pad)) + 2, width)
-    y1 = min(int(np.ceil(pts[:, 1].max() + pad)) + 2, height)
+    pts = contours[0] if len(contours) == 1 else np.vstack(contours)
+    (xmin, ymin), (xmax, ymax) = pts.min(axis=0), pts.max(axis=0)
+    x0 = max(int(xmin - pad) - 2, 0)
+    y0 = max(int(ymin - pad) - 2, 0)
+    x1 = min(int(xmax + pad) + 3, width)
+    y1 = min(int(ymax + pad) + 3, height)
     if x1 <= x0 or y1 <= y0:
         return None
     return x0, y0, x1, y1
@@ -88,7 +89,7 @@ def rasterise(shapes: list[Shape], pose: Pose, height: int, width: int, texture:
             else:
                 k = max(1, int(round(shape.cortex * ppu)))
                 inner = cv2.erode(m, disk(k), borderType=cv2.BORDER_REPLICATE)
-                roi += shape.density * m + (shape.core - shape.density) * inner * texture[y0:y1, x0:x1]
+                roi += shape.density * m + inner * (shape.core * texture[y0:y1, x0:x1] - shape.density)
             if shape.lesionable and shape.density > 0:
                 np.maximum(lesionable[y0:y1, x0:x1], m, out=lesionable[y0:y1, x0:x1])
     for g, dens in groups.values():

@@ -35,11 +35,12 @@ class Phantom:
 
 def _texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """Trabecular pattern: coarse + fine noise around 1."""
-    coarse = cv2.resize(rng.standard_normal((max(2, h // 6), max(2, w // 6))).astype(np.float32), (w, h),
-                        interpolation=cv2.INTER_CUBIC)
-    fine = cv2.resize(rng.standard_normal((max(2, h // 2), max(2, w // 2))).astype(np.float32), (w, h),
-                      interpolation=cv2.INTER_LINEAR)
-    return 1.0 + 0.18 * coarse + 0.12 * fine
+    coarse = rng.standard_normal((max(2, h // 6), max(2, w // 6)), dtype=np.float32)
+    fine = rng.standard_normal((max(2, h // 3), max(2, w // 3)), dtype=np.float32)
+    fine += cv2.resize(coarse, fine.shape[::-1], interpolation=cv2.INTER_CUBIC)
+    fine *= np.float32(0.15)
+    fine += np.float32(1.0)
+    return cv2.resize(fine, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
 def render_phantom(seed: int, region: str | None = None, size: int = 512, lesion_rate: float = 0.3,
@@ -47,11 +48,13 @@ def render_phantom(seed: int, region: str | None = None, size: int = 512, lesion
     """Deterministic in its arguments. Independent random streams drive geometry,
     acquisition, hardware and lesions, so switching lesions on or off (same seed)
     leaves everything else drawn identically."""
-    return _render(seed, region, size, lesion_rate, implant_rate, make_identity(seed, 0, 0, 0))
+    return render_with_identity(seed, region, size, lesion_rate, implant_rate, make_identity(seed, 0, 0, 0))
 
 
-def _render(seed: int, region: str | None, size: int, lesion_rate: float, implant_rate: float,
-            identity: Identity) -> Phantom:
+def render_with_identity(seed: int, region: str | None, size: int, lesion_rate: float, implant_rate: float,
+                         identity: Identity) -> Phantom:
+    """``render_phantom`` with the patient/study identity chosen by the caller (a dataset
+    plan shares one identity across a patient's images); identity never affects pixels."""
     r_region, r_geom, r_acq, r_hw, r_les, r_hdr = (np.random.default_rng(s)
                                                    for s in np.random.SeedSequence(seed).spawn(6))
     if region is None:
@@ -82,9 +85,9 @@ def _render(seed: int, region: str | None, size: int, lesion_rate: float, implan
 
     ppu = pose.px_per_unit
     soft = cv2.GaussianBlur(layers.soft, (0, 0), max(0.8, 0.01 * ppu))
-    bone = cv2.GaussianBlur(layers.bone, (0, 0), 0.6)
-    atten = soft + bone + cv2.GaussianBlur(layers.metal, (0, 0), 0.5)
-    clean = 1.0 - np.exp(-atten)
+    bone = cv2.GaussianBlur(layers.bone, (3, 3), 0.6)
+    atten = soft + bone + cv2.GaussianBlur(layers.metal, (3, 3), 0.5)
+    clean = 1.0 - cv2.exp(-atten)
     displayed = expose(clean, acq, r_acq)
     pixels = quantise(displayed, acq)
 

@@ -8,6 +8,7 @@ lesion boxes stay exact.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Callable
 
 import numpy as np
@@ -76,10 +77,15 @@ def P(x: float, y: float) -> np.ndarray:
     return np.array([x, y], dtype=np.float64)
 
 
-def ellipse(c, ax: float, ay: float, angle_deg: float = 0.0, n: int = 36) -> np.ndarray:
+@lru_cache(maxsize=32)
+def _circle(n: int) -> np.ndarray:
     t = np.linspace(0, 2 * np.pi, n, endpoint=False)
-    pts = np.stack([ax * np.cos(t), ay * np.sin(t)], axis=1)
-    return rotate(pts, angle_deg) + np.asarray(c, dtype=np.float64)
+    return np.stack([np.cos(t), np.sin(t)], axis=1)
+
+
+def ellipse(c, ax: float, ay: float, angle_deg: float = 0.0, n: int = 36) -> np.ndarray:
+    pts = _circle(n) * (ax, ay)
+    return (rotate(pts, angle_deg) if angle_deg else pts) + np.asarray(c, dtype=np.float64)
 
 
 def arc(c, rx: float, ry: float, a0_deg: float, a1_deg: float, n: int = 24) -> np.ndarray:
@@ -113,37 +119,42 @@ def bezier(p0, p1, p2, n: int = 20) -> np.ndarray:
     return (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t**2 * p2
 
 
+@lru_cache(maxsize=8)
+def _profile(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    t = np.linspace(0, 1, n)
+    k = 0.22
+    a = np.linspace(0, np.pi, 9)[1:-1, None]
+    return t, np.exp(-((t / k) ** 2)), np.exp(-(((1 - t) / k) ** 2)), np.hstack([np.cos(a), 0.6 * np.sin(a)])
+
+
 def long_bone(p0, p1, h0: float, hm: float, h1: float, n: int = 14) -> np.ndarray:
     """Tubular bone from ``p0`` to ``p1``: flared ends (half widths h0, h1), waisted
     shaft (hm), rounded caps, so phalanges and metacarpals read as bones, not sticks."""
     p0, p1 = np.asarray(p0, float), np.asarray(p1, float)
     d = p1 - p0
-    length = float(np.hypot(*d)) or 1e-6
-    u = d / length
+    u = d / (float(np.hypot(*d)) or 1e-6)
     nrm = np.array([-u[1], u[0]])
-    t = np.linspace(0, 1, n)
-    k = 0.22
-    h = hm + (h0 - hm) * np.exp(-((t / k) ** 2)) + (h1 - hm) * np.exp(-(((1 - t) / k) ** 2))
+    t, e0, e1, cap = _profile(n)
+    h = hm + (h0 - hm) * e0 + (h1 - hm) * e1
     axis = p0 + t[:, None] * d
-    left = axis + h[:, None] * nrm
-    right = axis - h[:, None] * nrm
-    a = np.linspace(0, np.pi, 9)[1:-1, None]
-    cap1 = p1 + h1 * (np.cos(a) * nrm + 0.6 * np.sin(a) * u)
-    cap0 = p0 + h0 * (-np.cos(a) * nrm - 0.6 * np.sin(a) * u)
-    return np.vstack([left, cap1, right[::-1], cap0])
+    side = h[:, None] * nrm
+    basis = np.stack([nrm, u])  # cap points: cos * nrm + 0.6 sin * u
+    return np.vstack([axis + side, p1 + h1 * (cap @ basis), (axis - side)[::-1], p0 - h0 * (cap @ basis)])
 
 
 def capsule(p0, p1, r: float, n: int = 10) -> np.ndarray:
     return long_bone(p0, p1, r, r, r, n=n)
 
 
+_QUARTER = np.stack([np.cos(np.linspace(0, np.pi / 2, 5)), np.sin(np.linspace(0, np.pi / 2, 5))], axis=1)
+_CORNERS = [(np.array(sign, float), q) for sign, q in zip(
+    ((1, 1), (-1, 1), (-1, -1), (1, -1)),
+    (_QUARTER, _QUARTER[:, ::-1] * (-1, 1), _QUARTER * (-1, -1), _QUARTER[:, ::-1] * (1, -1)))]
+
+
 def rounded_rect(c, hw: float, hh: float, r: float, angle_deg: float = 0.0) -> np.ndarray:
-    cx, cy = 0.0, 0.0
-    pts = []
-    for (sx, sy, a0) in ((1, 1, 0), (-1, 1, 90), (-1, -1, 180), (1, -1, 270)):
-        corner = (cx + sx * (hw - r), cy + sy * (hh - r))
-        pts.append(arc(corner, r, r, a0, a0 + 90, 5))
-    return rotate(np.vstack(pts), angle_deg) + np.asarray(c, float)
+    pts = np.vstack([s * (hw - r, hh - r) + r * q for s, q in _CORNERS])
+    return (rotate(pts, angle_deg) if angle_deg else pts) + np.asarray(c, float)
 
 
 def direction(angle_deg: float) -> np.ndarray:
@@ -175,6 +186,24 @@ def soft(pts, density: float = 0.3, group: int | None = 0, width: float = 0.0, c
 def metal(pts, density: float = 4.0, width: float = 0.0, closed: bool = True) -> Shape:
     return Shape([np.asarray(pts, float)], "metal", density, None, 0.0, width=width, closed=closed,
                  lesionable=False)
+
+
+def zoom(a: Anatomy, k: float, centre=(0.0, 0.0)) -> Anatomy:
+    """The same anatomy magnified ``k`` times about ``centre`` (stroke widths, cortices
+    and hardware included): how a region drawn too large or too small is refitted."""
+    c0 = np.asarray(centre, float)
+
+    def scale(shapes: list[Shape]) -> list[Shape]:
+        out = [s.transformed(lambda c: (c - c0) * k) for s in shapes]
+        for s in out:
+            s.width *= k
+            s.cortex *= k
+        return out
+
+    sites = [((p0 - c0) * k, (p1 - c0) * k, hw * k) for p0, p1, hw in a.plate_sites]
+    build = a.prosthesis
+    prosthesis = None if build is None else (lambda rng: scale(build(rng)))
+    return Anatomy(scale(a.shapes), sites, prosthesis, a.view, a.paired)
 
 
 def mirror_x(shapes: list[Shape]) -> list[Shape]:

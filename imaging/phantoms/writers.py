@@ -28,7 +28,9 @@ def png_array(ph: Phantom) -> np.ndarray:
 
 def write_png(path: Path, ph: Phantom) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), png_array(ph), [cv2.IMWRITE_PNG_COMPRESSION, 3]):
+    # noisy pixels barely deflate: RLE at level 1 compresses as well as the default, 2x faster
+    params = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
+    if not cv2.imwrite(str(path), png_array(ph), params):
         raise OSError(f"could not write {path}")
 
 
