@@ -12,12 +12,14 @@ import logging
 import multiprocessing
 import os
 import time
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from backend.config import Settings
 from backend.db import Database
@@ -71,11 +73,7 @@ _worker_state: dict = {}
 
 
 def _init_worker(settings: Settings, known_imported: frozenset[str], voi: str) -> None:
-    import warnings
-
     from imaging.deidentify import Deidentifier
-
-    warnings.simplefilter("ignore")  # pydicom warns per odd element; the outcome carries the reason
 
     _worker_state.update(settings=settings, known=known_imported, voi=voi,
                          deidentifier=Deidentifier(settings.secret()))
@@ -83,6 +81,12 @@ def _init_worker(settings: Settings, known_imported: frozenset[str], voi: str) -
 
 def _process(path_str: str) -> FileOutcome:
     """Read once, hash, decode, de-identify, write pixels + thumbnail. Never raises."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns per odd element; the outcome carries the reason
+        return _process_quietly(path_str)
+
+
+def _process_quietly(path_str: str) -> FileOutcome:
     from imaging.errors import ImageRejected
     from imaging.reader import read_radiograph
     from imaging.thumbnails import write_thumbnail
@@ -225,8 +229,16 @@ def ingest_paths(
             row.reason_code, row.reason = outcome.code, outcome.reason
         if row is not None:
             row.source_path, row.file_size, row.ingest_job_id = outcome.path, outcome.file_size, job_id
-            session.commit()
-            known[outcome.content_hash] = (row.id, row.status)
+            try:
+                session.commit()
+                known[outcome.content_hash] = (row.id, row.status)
+            except IntegrityError:  # another ingest committed the same content first
+                session.rollback()
+                other = session.scalar(select(Image).where(Image.content_hash == outcome.content_hash))
+                known[outcome.content_hash] = (other.id, other.status)
+                if other.status == ImageStatus.imported:
+                    outcome.status = "duplicate"
+                row = None
         image_id = row.id if row is not None else known.get(outcome.content_hash or "", (None,))[0]
         summary.by_status[outcome.status] += 1
         if outcome.status == "rejected":

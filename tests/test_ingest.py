@@ -155,3 +155,32 @@ def test_no_phi_in_database_files_thumbnails_logs_or_report(db, dump: Path, tmp_
     assert log_file.stat().st_size > 0  # rejections were logged
     for path in files + [report]:
         assert find_phi(path.read_bytes(), phi) == [], path
+
+
+def test_two_ingests_racing_over_the_same_files_store_each_once(postgres_url: str, tmp_path: Path, dump: Path):
+    import threading
+
+    from backend.db import Database
+    from tests.conftest import make_settings
+
+    db = Database(make_settings(tmp_path / "race", postgres_url))
+    db.upgrade()
+    results, errors = [], []
+
+    def run():
+        try:
+            results.append(ingest_paths(db, [dump], workers=1))
+        except Exception as exc:  # noqa: BLE001  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sum(r.by_status["imported"] for r in results) == 8
+    assert all(r.by_status["imported"] + r.by_status["duplicate"] == 9 for r in results)
+    with db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Image).where(Image.status == ImageStatus.imported)) == 8
+    db.dispose()
