@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 import os
 import sys
 from pathlib import Path
@@ -91,9 +92,7 @@ def synth(out: str, n: int, seed: int, fmt: str, size: int, lesion_rate: float, 
                                   implant_rate=implant_rate, workers=workers,
                                   progress=lambda k: bar.update(k - bar.n))
     images = truth["images"]
-    regions: dict[str, int] = {}
-    for im in images:
-        regions[im["region"]] = regions.get(im["region"], 0) + 1
+    regions = Counter(im["region"] for im in images)
     lesions = sum(len(im["lesions"]) for im in images)
     click.echo(f"wrote {len(images)} phantoms to {Path(out).resolve()} "
                f"({', '.join(f'{k} {v}' for k, v in sorted(regions.items()))}; {lesions} lesions)")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,13 +69,13 @@ class Settings:
         path = self.secret_file
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(secrets.token_bytes(32))
-            tmp.chmod(0o600)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".secret-")  # 0600, unique per caller
             try:
-                os.link(tmp, path)  # atomic create-if-absent: two processes agree on one key
+                with os.fdopen(fd, "wb") as f:
+                    f.write(secrets.token_bytes(32))
+                os.link(tmp, path)  # atomic create-if-absent: concurrent first callers agree on one key
             except FileExistsError:
                 pass
             finally:
-                tmp.unlink(missing_ok=True)
+                os.unlink(tmp)
         return path.read_bytes()

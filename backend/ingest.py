@@ -88,20 +88,14 @@ def _process(path_str: str) -> FileOutcome:
 
 def _process_quietly(path_str: str) -> FileOutcome:
     from imaging.errors import ImageRejected
-    from imaging.reader import read_radiograph
+    from imaging.reader import read_bytes, read_radiograph
     from imaging.thumbnails import write_thumbnail
 
     settings: Settings = _worker_state["settings"]
-    path = Path(path_str)
     try:
-        size = path.stat().st_size
-        from imaging.reader import MAX_FILE_BYTES
-
-        if size > MAX_FILE_BYTES:
-            return FileOutcome(path_str, None, size, "rejected", "too_large", f"file is {size / 1024**3:.1f} GiB")
-        data = path.read_bytes()
-    except OSError as exc:
-        return FileOutcome(path_str, None, 0, "rejected", "unreadable", f"cannot read file: {exc.strerror or exc}")
+        data = read_bytes(path_str)
+    except ImageRejected as exc:
+        return FileOutcome(path_str, None, 0, "rejected", exc.code, exc.reason)
     digest = hashlib.sha256(data).hexdigest()
     if digest in _worker_state["known"]:
         return FileOutcome(path_str, digest, len(data), "duplicate")

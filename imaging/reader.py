@@ -57,7 +57,7 @@ def read_radiograph(
     range), ``lut``, ``window`` or ``none`` (full modality-LUT range). With a ``deidentifier``
     the metadata is taken from the de-identified dataset, so no PHI leaves this function.
     """
-    data = _read_bytes(source)
+    data = read_bytes(source)
     fmt = sniff_format(data[:132])
     try:
         if fmt in ("png", "jpeg"):
@@ -73,7 +73,8 @@ def read_radiograph(
         raise ImageRejected("corrupt", f"{type(exc).__name__}: {_one_line(exc)}") from None
 
 
-def _read_bytes(source: str | Path | bytes) -> bytes:
+def read_bytes(source: str | Path | bytes) -> bytes:
+    """The file's bytes, or ImageRejected (too large to read, unreadable)."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         return bytes(source)
     path = Path(source)
@@ -277,9 +278,8 @@ def _read_dicom(
 
 def _looks_like_dicom(ds) -> bool:
     """``force=True`` parses almost any bytes; demand a few real image-module elements."""
-    keys = {elem.tag for elem in ds.iterall()} if len(ds) < 10_000 else set(ds.keys())
     wanted = {0x00280010, 0x00280011, 0x7FE00010, 0x00080016, 0x00080060}
-    return len(keys & wanted) >= 2
+    return len(set(ds.keys()) & wanted) >= 2
 
 
 def _decode_pixels(ds, frames: int) -> np.ndarray:

@@ -98,21 +98,19 @@ def test_rg3_monochrome1_extremity_has_bone_bright_and_background_dark(stem: str
 # ----------------------------------------------------------------- synthetic DICOM
 
 
-_dicom = dicom_bytes
-
 GRADIENT = np.tile(np.arange(0, 4096, 16, dtype=np.uint16), (64, 1))  # 64 x 256, 12-bit ramp
 
 
 def test_monochrome1_is_inverted_and_window_applied():
-    mono2 = read_radiograph(_dicom(GRADIENT, WindowCenter=2048, WindowWidth=4096)).pixels
-    mono1 = read_radiograph(_dicom(GRADIENT, WindowCenter=2048, WindowWidth=4096,
+    mono2 = read_radiograph(dicom_bytes(GRADIENT, WindowCenter=2048, WindowWidth=4096)).pixels
+    mono1 = read_radiograph(dicom_bytes(GRADIENT, WindowCenter=2048, WindowWidth=4096,
                                    PhotometricInterpretation="MONOCHROME1")).pixels
     assert mono2[0, 0] < 0.01 and mono2[0, -1] > 0.99
     np.testing.assert_allclose(mono1, 1.0 - mono2, atol=1e-6)
 
 
 def test_voi_choice_window_versus_full_range_keeps_full_bit_depth():
-    data = _dicom(GRADIENT, WindowCenter=1024, WindowWidth=512)
+    data = dicom_bytes(GRADIENT, WindowCenter=1024, WindowWidth=512)
     windowed = read_radiograph(data, voi="window")
     full = read_radiograph(data, voi="none")
     assert windowed.meta.voi == "window" and full.meta.voi == "none"
@@ -123,7 +121,7 @@ def test_voi_choice_window_versus_full_range_keeps_full_bit_depth():
 
 def test_rescale_slope_intercept_is_applied_before_windowing():
     # Stored 0..4080; HU-like = stored * 2 - 1000 -> window [-1000, 7160] covers all.
-    rad = read_radiograph(_dicom(GRADIENT, RescaleSlope=2, RescaleIntercept=-1000, WindowCenter=3080, WindowWidth=8160))
+    rad = read_radiograph(dicom_bytes(GRADIENT, RescaleSlope=2, RescaleIntercept=-1000, WindowCenter=3080, WindowWidth=8160))
     assert rad.pixels[0, 0] == pytest.approx(0.0, abs=1e-3) and rad.pixels[0, -1] == pytest.approx(1.0, abs=1e-3)
 
 
@@ -132,13 +130,13 @@ def test_voi_lut_sequence_is_used_when_present():
     lut.LUTDescriptor = [4096, 0, 16]
     lut.LUTData = [4095 - i for i in range(4096)]  # a LUT that inverts
     lut["LUTData"].VR = "US"
-    rad = read_radiograph(_dicom(GRADIENT, VOILUTSequence=[lut]))
+    rad = read_radiograph(dicom_bytes(GRADIENT, VOILUTSequence=[lut]))
     assert rad.meta.voi == "lut"
     assert rad.pixels[0, 0] > 0.99 and rad.pixels[0, -1] < 0.01
 
 
 def test_metadata_a_radiologist_cares_about():
-    rad = read_radiograph(_dicom(GRADIENT, BodyPartExamined="KNEE", ViewPosition="AP", ImageLaterality="L",
+    rad = read_radiograph(dicom_bytes(GRADIENT, BodyPartExamined="KNEE", ViewPosition="AP", ImageLaterality="L",
                                  PixelSpacing=[0.143, 0.143], Manufacturer="ACME", StudyInstanceUID="1.2.3.4"))
     m = rad.meta
     assert (m.modality, m.body_part, m.view_position, m.laterality) == ("DX", "KNEE", "AP", "L")
@@ -147,14 +145,14 @@ def test_metadata_a_radiologist_cares_about():
 
 
 def test_truncated_dicom_pixel_data():
-    data = _dicom(GRADIENT)
+    data = dicom_bytes(GRADIENT)
     with pytest.raises(ImageRejected) as err:
         read_radiograph(data[: len(data) - 1000])
     assert err.value.code in ("truncated", "corrupt")
 
 
 def test_header_claiming_a_gigantic_image_is_refused_before_decoding():
-    ds_bytes = _dicom(np.zeros((4, 4), np.uint16))
+    ds_bytes = dicom_bytes(np.zeros((4, 4), np.uint16))
     ds = pydicom.dcmread(io.BytesIO(ds_bytes))
     ds.Rows, ds.Columns = 60000, 60000
     buf = io.BytesIO()

@@ -176,22 +176,22 @@ def reap_stale(db: Database, *, stale_after: timedelta = STALE_AFTER, requeue: b
     """Find running jobs whose worker died; queue them again (up to MAX_ATTEMPTS) or fail them."""
     cutoff = datetime.now(timezone.utc) - stale_after
     reaped: list[int] = []
+    requeued: list[int] = []
     with db.session() as s:
         stale = s.scalars(select(Job).where(Job.status == JobStatus.running, Job.heartbeat_at < cutoff)).all()
         for job in stale:
             note = f"worker {job.worker} stopped without finishing (no heartbeat since {job.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC)"
             if requeue and job.attempts < MAX_ATTEMPTS:
                 job.status, job.message = JobStatus.queued, note + "; queued again"
+                requeued.append(job.id)
             else:
                 job.status, job.error, job.finished_at = JobStatus.failed, note, utcnow()
             reaped.append(job.id)
-    if requeue:
+    if requeued:
         from backend.jobs.queue import send as send_to_queue
 
-        with db.session() as s:
-            for job_id in reaped:
-                if s.get(Job, job_id).status == JobStatus.queued:
-                    send_to_queue(db.settings, job_id)
+        for job_id in requeued:
+            send_to_queue(db.settings, job_id)
     return reaped
 
 
