@@ -115,8 +115,7 @@ def ingest(settings: Settings, paths: tuple[str, ...], report: str | None, voi: 
     Exact duplicates (by content) are skipped; unreadable files are recorded with a reason;
     an interrupted run can simply be started again.
     """
-    from backend.jobs import enqueue, execute
-    from backend.models import JobStatus
+    from backend.jobs import enqueue
 
     db = open_db(settings)
     params = {"paths": [str(Path(p).resolve()) for p in paths], "voi": voi, "workers": workers,
@@ -125,16 +124,7 @@ def ingest(settings: Settings, paths: tuple[str, ...], report: str | None, voi: 
     if background:
         click.echo(f"queued job {job.id}; run `samx worker` to process it, `samx jobs show {job.id}` to follow it")
         return
-    with tqdm(desc="ingest", unit="file", disable=None) as bar:
-        def on_progress(done: int, total: int | None, _msg: str | None) -> None:
-            if total is not None and bar.total != total:
-                bar.total = total
-            bar.update(done - bar.n)
-
-        finished = execute(db, job.id, on_progress=on_progress)
-    if finished is None or finished.status != JobStatus.succeeded:
-        raise click.ClickException(f"ingest failed: {finished.error if finished else 'job could not start'}")
-    r = finished.result
+    r = _run_here(db, job, "ingest", "file")
     click.echo(f"{r['files']} files in {r['seconds']:.1f} s ({r['files_per_second']:.1f}/s): "
                f"{r['imported']} imported, {r['duplicate']} duplicates, {r['rejected']} rejected")
     for code, count in sorted(r["rejected_by_reason"].items(), key=lambda kv: -kv[1]):
@@ -144,6 +134,53 @@ def ingest(settings: Settings, paths: tuple[str, ...], report: str | None, voi: 
     click.echo(f"data directory: {settings.data_dir}")
     if report:
         click.echo(f"report: {Path(report).resolve()}")
+
+
+def _run_here(db: Database, job, desc: str, unit: str) -> dict:
+    """Run a queued job in this process with a progress bar; its result, or a clear error."""
+    from backend.jobs import execute
+    from backend.models import JobStatus
+
+    with tqdm(desc=desc, unit=unit, disable=None) as bar:
+        def on_progress(done: int, total: int | None, msg: str | None) -> None:
+            if total is not None and bar.total != total:
+                bar.total = total
+            if msg:
+                bar.set_postfix_str(msg[:60], refresh=False)
+            bar.update(done - bar.n)
+
+        finished = execute(db, job.id, on_progress=on_progress)
+    if finished is None or finished.status != JobStatus.succeeded:
+        raise click.ClickException(f"{desc} failed: {finished.error if finished else 'job could not start'}")
+    return finished.result
+
+
+@main.command()
+@click.option("--k", type=int, help="Number of clusters (default: about 40 images a cluster).")
+@click.option("--epochs", type=int, default=30, show_default=True)
+@click.option("--size", type=int, default=64, show_default=True, help="Input resolution in pixels.")
+@click.option("--width", type=int, default=32, show_default=True, help="ResNet width (64 = torchvision's).")
+@click.option("--arch", type=click.Choice(["resnet18", "resnet34", "resnet50"]), default="resnet18", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--background", is_flag=True, help="Queue a job for `samx worker` instead of running here.")
+@pass_settings
+def cluster(settings: Settings, k: int | None, epochs: int, size: int, width: int, arch: str, seed: int,
+            background: bool) -> None:
+    """Group all imported radiographs with DeepCluster, for naming in the web app.
+
+    Checkpoints every epoch: `samx jobs retry ID` on a killed run resumes where it stopped."""
+    from backend.jobs import enqueue
+
+    db = open_db(settings)
+    params = {"k": k, "epochs": epochs, "size": size, "width": width, "arch": arch, "seed": seed}
+    job = enqueue(db, "cluster", params, send=background)
+    if background:
+        click.echo(f"queued job {job.id}; run `samx worker` to process it, `samx jobs show {job.id}` to follow it")
+        return
+    r = _run_here(db, job, "cluster", "%")
+    click.echo(f"run {r['run_id']}: {r['images']} images in {r['k']} clusters, {r['seconds']:.0f} s; "
+               f"NMI between the last two epochs {r['nmi_consecutive'] or 0:.3f}")
+    click.echo("name the clusters in the browser: `samx serve`")
 
 
 @main.command()
@@ -267,6 +304,20 @@ def worker(settings: Settings, workers: int, burst: bool) -> None:
     db.dispose()
     click.echo(f"worker on {settings.queue_url if settings.queue_url != 'sqlite' else settings.queue_file}", err=True)
     run_worker(settings, workers, burst=burst)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on (0.0.0.0: all).")
+@click.option("--port", type=int, default=5000, show_default=True)
+@pass_settings
+def serve(settings: Settings, host: str, port: int) -> None:
+    """Run the cluster-naming web app (werkzeug's threaded server; put a proxy in front for TLS)."""
+    from backend.web import create_app
+
+    open_db(settings).dispose()  # schema and vocabulary up to date before the first request
+    app = create_app(settings)
+    click.echo(f"samx web app on http://{host}:{port}/  (data directory {settings.data_dir})", err=True)
+    app.run(host=host, port=port, threaded=True, use_reloader=False)
 
 
 @main.group()

@@ -15,3 +15,10 @@ def ingest_job(ctx: JobContext) -> dict:
     )
     ctx.progress(summary.files, summary.files, "done", force=True)
     return summary.to_dict()
+
+
+@job_kind("cluster")
+def cluster_job(ctx: JobContext) -> dict:
+    from backend.cluster_job import run_cluster_job
+
+    return run_cluster_job(ctx)

@@ -13,6 +13,7 @@ from typing import Callable
 
 import numpy as np
 
+from imaging.body_crop import body_crop
 from imaging.enhance import ENHANCERS, enhance
 from imaging.files import write_atomic
 from imaging.thumbnails import resize_long_side
@@ -33,13 +34,15 @@ def letterbox(img: np.ndarray, size: int) -> np.ndarray:
 class TensorCache:
     """``root/<method>_<size>/<key[:2]>/<key>.npy``, read back memory-mapped."""
 
-    def __init__(self, root: str | Path, size: int = 256, method: str = "fhe"):
+    def __init__(self, root: str | Path, size: int = 256, method: str = "fhe", crop_to_body: bool = False):
+        """``crop_to_body``: the input the clustering and sorting networks see (imaging.body_crop)."""
         if method not in ENHANCERS:
             raise ValueError(f"unknown enhancement {method!r}; choose from {sorted(ENHANCERS)}")
         self.root = Path(root)
         self.size = size
         self.method = method
-        self.dir = self.root / f"{method}_{size}"
+        self.crop_to_body = crop_to_body
+        self.dir = self.root / (f"{method}_body_{size}" if crop_to_body else f"{method}_{size}")
 
     def path(self, key: str) -> Path:
         if not _KEY.fullmatch(key):  # keys become file names: no separators, no surprises
@@ -57,7 +60,9 @@ class TensorCache:
                 return np.load(path, mmap_mode="r")
             except (ValueError, OSError):
                 pass  # unreadable entry (e.g. disk trouble): recompute and overwrite it
-        tensor = letterbox(enhance(load(), self.method), self.size).astype(np.float16)
+        img = load()
+        prepared = body_crop(img, self.method) if self.crop_to_body else enhance(img, self.method)
+        tensor = letterbox(prepared, self.size).astype(np.float16)
         buf = io.BytesIO()
         np.save(buf, tensor, allow_pickle=False)
         write_atomic(path, buf.getvalue())

@@ -111,3 +111,21 @@ def pydicom_data_radiographs() -> list[Path]:
 
     root = Path(data_store.__file__).parent / "data"
     return sorted(root.glob("RG[13]_*.dcm"))
+
+
+@pytest.fixture
+def cluster_world(db):
+    """A clustering run with three open clusters (12, 5 and 4 images with real files) and one
+    account per role (password ``tests.factories.TEST_PASSWORD``), on SQLite and PostgreSQL."""
+    from sqlalchemy import select
+
+    from backend.models import Cluster, Label
+    from tests.factories import make_cluster_run, make_user
+
+    run_id = make_cluster_run(db, sizes=[12, 5, 4], regions=["knee", "hand", "chest"], uncertainty=[0.2, 0.9, 0.5])
+    users = {name: make_user(db, name, role) for name, role in
+             (("rad1", "radiologist"), ("rad2", "radiologist"), ("viewer", "viewer"), ("boss", "admin"))}
+    with db.session() as s:
+        clusters = list(s.scalars(select(Cluster.id).where(Cluster.run_id == run_id).order_by(Cluster.index)))
+        labels = {lab.name: lab.id for lab in s.scalars(select(Label).where(Label.kind == "region"))}
+    return {"db": db, "settings": db.settings, "run": run_id, "c": clusters, "u": users, "L": labels}

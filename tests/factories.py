@@ -87,3 +87,131 @@ def forearm(h: int = 480, w: int = 400, seed: int = 0) -> tuple[np.ndarray, np.n
         img[shaft] = np.where(d[shaft] > 0.6 * half * w, 0.85, 0.62)  # cortex vs marrow
     img += rng.normal(0, 0.01, img.shape).astype(np.float32)
     return (np.rint(np.clip(img, 0, 1) * 4095) / 4095).astype(np.float32), body
+
+
+# ---- cluster runs for the decision service and the web app --------------------------------
+
+TEST_PASSWORD = "correct-horse-battery"
+
+
+def make_user(db, username: str, role: str = "radiologist"):
+    """An account with :data:`TEST_PASSWORD`."""
+    from backend.users import create_user
+
+    return create_user(db, username, TEST_PASSWORD, role)
+
+
+def make_cluster_run(db, sizes=(6, 5, 4), regions=None, *, seed: int = 0, px: int = 64, dim: int = 16,
+                     image_ids=None, uncertainty=None) -> int:
+    """A finished clustering run with real files: one phantom per image (stored 16-bit pixels
+    and a WebP thumbnail, laid out as ingest does), Clusters with stats
+    {representatives, outliers, uncertainty}, memberships with distances, and run arrays
+    (L2-normalised embeddings grouped by cluster, a UMAP-like 2-D map). ``image_ids``: reuse
+    images of an earlier run (same order) instead of making new ones. Returns the run id."""
+    import hashlib
+    import uuid
+
+    from backend.image_store import thumbnail_relpath, write_pixels
+    from backend.models import Cluster, ClusterMembership, ClusterRun, Image, ImageStatus
+    from backend.run_artifacts import RunArrays, save_arrays
+    from imaging.phantoms import REGIONS, render_phantom
+    from imaging.thumbnails import write_thumbnail
+
+    settings = db.settings
+    settings.ensure_dirs()
+    rng = np.random.default_rng(seed)
+    sizes = list(sizes)
+    regions = list(regions) if regions is not None else [REGIONS[j % len(REGIONS)] for j in range(len(sizes))]
+    tag = uuid.uuid4().hex[:8]
+    total = sum(sizes)
+    if image_ids is not None and len(image_ids) < total:
+        raise ValueError(f"need {total} image ids, got {len(image_ids)}")
+    with db.session() as s:
+        ids: list[int] = []
+        if image_ids is None:
+            n = 0
+            for j, size in enumerate(sizes):
+                for _ in range(size):
+                    ph = render_phantom(seed * 100_000 + n, regions[j], size=px, lesion_rate=0.0, implant_rate=0.0)
+                    pixels = ph.displayed()
+                    digest = hashlib.sha256(f"{tag}-{n}".encode()).hexdigest()
+                    store = write_pixels(settings, digest, pixels)
+                    thumb = thumbnail_relpath(digest)
+                    write_thumbnail(pixels, settings.data_dir / thumb, size=px)
+                    img = Image(content_hash=digest, status=ImageStatus.imported, source_path=f"synthetic/{tag}/{n}.png",
+                                file_size=int(pixels.size * 2), format="png", rows=pixels.shape[0],
+                                columns=pixels.shape[1], bits_stored=16, photometric="MONOCHROME2", modality="DX",
+                                body_part=regions[j].upper(), store_path=store, thumbnail_path=thumb)
+                    s.add(img)
+                    s.flush()
+                    ids.append(img.id)
+                    n += 1
+        else:
+            ids = [int(i) for i in image_ids[:total]]
+        run = ClusterRun(status="succeeded", k=len(sizes), params={"factory": True, "seed": seed})
+        s.add(run)
+        s.flush()
+        centroids = rng.normal(size=(len(sizes), dim)).astype(np.float32)
+        centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+        centres2d = rng.uniform(-10, 10, size=(len(sizes), 2))
+        emb, umap, assign = [], [], []
+        pos = 0
+        for j, size in enumerate(sizes):
+            members = ids[pos:pos + size]
+            pos += size
+            dist = np.sort(rng.uniform(0.05, 1.0, size))
+            order = list(members)  # distance ascending in this order
+            unc = (uncertainty[j] if uncertainty is not None else float(rng.uniform(0.2, 0.9)))
+            c = Cluster(run_id=run.id, index=j, status="open", size=size,
+                        stats={"representatives": order[:9], "outliers": order[::-1][:9] if size > 9 else [],
+                               "uncertainty": unc})
+            s.add(c)
+            s.flush()
+            for image_id, d in zip(members, dist):
+                s.add(ClusterMembership(run_id=run.id, cluster_id=c.id, image_id=image_id, distance=float(d)))
+            e = centroids[j] + 0.3 * rng.normal(size=(size, dim)).astype(np.float32)
+            emb.append(e / np.linalg.norm(e, axis=1, keepdims=True))
+            umap.append(centres2d[j] + rng.normal(size=(size, 2)))
+            assign += [j] * size
+        run_id = run.id
+    save_arrays(settings, run_id, RunArrays(image_ids=np.array(ids, dtype=np.int64),
+                                            embeddings=np.concatenate(emb).astype(np.float32),
+                                            umap=np.concatenate(umap).astype(np.float32),
+                                            assignments=np.array(assign, dtype=np.int64), centroids=centroids))
+    return run_id
+
+
+def make_big_run(db, n_clusters: int = 1000, n_images: int = 100_000, *, seed: int = 0) -> int:
+    """Rows only (no files) for load tests: n_images images spread over n_clusters clusters,
+    bulk-inserted. Run arrays hold a 2-D map and 8-D embeddings."""
+    from sqlalchemy import insert, select
+
+    from backend.models import Cluster, ClusterMembership, ClusterRun, Image
+    from backend.run_artifacts import RunArrays, save_arrays
+
+    rng = np.random.default_rng(seed)
+    assign = np.sort(rng.integers(0, n_clusters, n_images))
+    assign[:n_clusters] = np.arange(n_clusters)  # every cluster non-empty
+    assign.sort()
+    with db.session() as s:
+        image_ids = list(s.scalars(insert(Image).returning(Image.id, sort_by_parameter_order=True), [
+            {"content_hash": f"{seed:08d}{i:056d}", "status": "imported", "source_path": f"big/{i}.png",
+             "file_size": 1} for i in range(n_images)]))
+        run = ClusterRun(status="succeeded", k=n_clusters, params={"factory": "big"})
+        s.add(run)
+        s.flush()
+        counts = np.bincount(assign, minlength=n_clusters)
+        s.execute(insert(Cluster), [{"run_id": run.id, "index": j, "status": "open", "size": int(counts[j]),
+                                     "version": 1, "stats": {"representatives": [], "outliers": [],
+                                                             "uncertainty": float(rng.random())}}
+                                    for j in range(n_clusters)])
+        cid = dict(s.execute(select(Cluster.index, Cluster.id).where(Cluster.run_id == run.id)).all())
+        s.execute(insert(ClusterMembership), [{"run_id": run.id, "cluster_id": cid[int(a)], "image_id": image_ids[i],
+                                               "distance": float(i % 97) / 97.0} for i, a in enumerate(assign)])
+        run_id = run.id
+    ids = np.array(image_ids, dtype=np.int64)
+    save_arrays(db.settings, run_id, RunArrays(image_ids=ids, embeddings=rng.normal(size=(n_images, 8)).astype(np.float32),
+                                               umap=rng.normal(size=(n_images, 2)).astype(np.float32),
+                                               assignments=assign.astype(np.int64),
+                                               centroids=np.zeros((n_clusters, 8), np.float32)))
+    return run_id

@@ -1,0 +1,83 @@
+"""The cluster-naming web app (Flask application factory).
+
+One app per Settings: it opens its own :class:`~backend.db.Database`, signs sessions with a key
+derived from the installation secret (so restarts keep people logged in and two installations
+never accept each other's cookies), and protects every form and JSON POST with CSRF tokens
+(JS sends them in ``X-CSRFToken``). It assumes the schema is current: ``samx serve`` runs the
+migrations first."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+
+from flask import Flask, render_template
+from flask_wtf.csrf import CSRFProtect
+from werkzeug.exceptions import HTTPException, InternalServerError
+
+from backend.config import Settings
+from backend.db import Database
+from backend.decisions import DecisionError
+from backend.web.common import json_error, wants_json
+
+log = logging.getLogger("samx.web")
+csrf = CSRFProtect()
+
+
+def session_key(settings: Settings) -> str:
+    """A key for this purpose only: the installation secret itself also keys pseudonyms."""
+    return hmac.new(settings.secret(), b"samx web session cookies v1", hashlib.sha256).hexdigest()
+
+
+def create_app(settings: Settings, *, testing: bool = False) -> Flask:
+    from backend.web import auth, clusters, images, runs, vocabulary
+
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY=session_key(settings),
+        TESTING=testing,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        WTF_CSRF_TIME_LIMIT=None,  # a token lives as long as the session: naming takes hours
+        MAX_CONTENT_LENGTH=4 * 1024 * 1024,
+        JSON_SORT_KEYS=False,
+    )
+    settings.ensure_dirs()
+    db = Database(settings)
+    app.extensions["samx.settings"] = settings
+    app.extensions["samx.db"] = db
+
+    csrf.init_app(app)
+    auth.login_manager.init_app(app)
+    auth.login_manager.login_view = "auth.login"
+    app.before_request(auth.require_login_everywhere)
+    for module in (auth, clusters, images, runs, vocabulary):
+        app.register_blueprint(module.bp)
+    _register_errors(app)
+
+    @app.context_processor
+    def _globals():
+        from flask_login import current_user
+
+        return {"user": current_user}
+
+    return app
+
+
+def _register_errors(app: Flask) -> None:
+    @app.errorhandler(DecisionError)
+    def _decision_error(exc: DecisionError):
+        if wants_json():
+            return json_error(exc.status, str(exc))
+        return render_template("error.html", code=exc.status, message=str(exc)), exc.status
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        if isinstance(exc, InternalServerError):
+            log.error("unhandled error", exc_info=exc.original_exception)
+            message = "internal error; the details are in the server log"
+        else:
+            message = exc.description or exc.name
+        if wants_json():
+            return json_error(exc.code or 500, message)
+        return render_template("error.html", code=exc.code, message=message), exc.code

@@ -1,0 +1,184 @@
+"""How many radiographs one radiologist decision labels, and how well.
+
+2,000 phantoms of 8 regions are ingested, clustered by the real `cluster` job (DeepCluster,
+K=50) and then named by a simulated radiologist through the same decision service the web page
+uses. The radiologist looks at each cluster (here: its true regions) and
+  - names it by its majority region when at least --purity of it agrees, merging it into the
+    cluster already named with that region (the overview lets one select several clusters of
+    the same region and merge them in one decision);
+  - splits it in two when it is mixed, and looks at the halves again (at most twice);
+  - discards what is still mixed after that.
+Also printed: the same labels named one cluster at a time (one decision per cluster, as SAM-X
+counted), k-means on the untrained network's features (the baseline), and at K = 8 regions.
+
+    python bench/labeling_efficiency.py [--n 2000] [--k 50] [--epochs 30] [--purity 0.8]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+OUT = ROOT / "bench" / "out"
+REGIONS = ["hand", "wrist", "knee", "foot", "pelvis", "chest", "spine", "skull"]
+
+
+def phantoms(n: int) -> Path:
+    """Generated once and reused (delete bench/out to regenerate)."""
+    from imaging.phantoms import generate_phantoms
+
+    folder = OUT / f"phantoms-mixed-{n}"
+    if not (folder / "truth.json").exists():
+        shutil.rmtree(folder, ignore_errors=True)
+        t = time.perf_counter()
+        generate_phantoms(folder, n, seed=11, fmt="mixed", regions=REGIONS, workers=os.cpu_count() or 1)
+        print(f"generated {n} phantoms in {time.perf_counter() - t:.0f} s", flush=True)
+    return folder
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--k", type=int, default=50)
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--purity", type=float, default=0.8, help="Name a cluster when this share agrees.")
+    a = ap.parse_args()
+
+    from sqlalchemy import select
+
+    from backend.config import Settings
+    from backend.db import Database
+    from backend.decisions import decide
+    from backend.ingest import ingest_paths
+    from backend.jobs import enqueue, execute
+    from backend.models import Cluster, ClusterMembership, Image, Label, User, WeakLabel
+    from backend.run_artifacts import load_arrays
+    from backend.tensors import load_tensors
+    from backend.users import create_user
+    from clustering.deepcluster import DeepCluster
+    from clustering.kmeans import kmeans
+    from clustering.stats import nmi, weighted_purity
+
+    folder = phantoms(a.n)
+    truth_by_file = {str((folder / e["file"]).resolve()): e["region"]
+                     for e in json.loads((folder / "truth.json").read_text())["images"]}
+    data = OUT / f"labeling-{a.n}"
+    shutil.rmtree(data, ignore_errors=True)
+    settings = Settings(data_dir=data, database_url=f"sqlite:///{data / 'samx.db'}", queue_url="sqlite")
+    settings.ensure_dirs()
+    db = Database(settings)
+    db.upgrade()
+    db.seed_vocabulary()
+    t = time.perf_counter()
+    ingested = ingest_paths(db, [folder / "images"]).by_status["imported"]
+    print(f"ingested {ingested} images in {time.perf_counter() - t:.0f} s", flush=True)
+
+    # --- DeepCluster, timed as a user would run it -------------------------------------------
+    job = enqueue(db, "cluster", {"k": a.k, "epochs": a.epochs, "size": a.size}, send=False)
+    t = time.perf_counter()
+    last = [""]
+
+    def show(done, total, msg):
+        if msg != last[0] and msg and "epoch" in msg and "training" in msg:
+            print(f"  {time.perf_counter() - t:6.0f} s  {msg}", flush=True)
+        last[0] = msg
+
+    finished = execute(db, job.id, on_progress=show)
+    minutes = (time.perf_counter() - t) / 60
+    assert finished.status.value == "succeeded", finished.error
+    run_id = finished.result["run_id"]
+    arrays = load_arrays(settings, run_id)
+    with db.session() as s:
+        path_of = dict(s.execute(select(Image.id, Image.source_path)).all())
+        hash_of = dict(s.execute(select(Image.id, Image.content_hash)).all())
+        store_of = dict(s.execute(select(Image.id, Image.store_path)).all())
+        run_metrics = s.get(__import__("backend.models", fromlist=["ClusterRun"]).ClusterRun, run_id).metrics
+    truth = np.array([truth_by_file[str(Path(path_of[int(i)]).resolve())] for i in arrays.image_ids])
+    purity = weighted_purity(arrays.assignments, truth)
+    k8 = kmeans(arrays.embeddings, len(REGIONS), seed=0, nredo=10)
+    nmi8 = nmi(k8.assignments, truth)
+    hist = run_metrics["history"]
+    print(f"DeepCluster: {a.epochs} epochs, K={a.k}, {minutes:.1f} min on {os.cpu_count()} cores")
+    print("  consecutive-epoch NMI: " + " ".join(f"{h['nmi_prev']:.3f}" for h in hist if h["nmi_prev"] is not None))
+    print(f"  K={a.k}: weighted purity {purity:.3f}, NMI {nmi(arrays.assignments, truth):.3f}")
+    print(f"  K={len(REGIONS)} (k-means on the trained embeddings): NMI {nmi8:.3f}, purity "
+          f"{weighted_purity(k8.assignments, truth):.3f}")
+
+    # --- baseline: the same network untrained ------------------------------------------------
+    images = load_tensors(settings, [(hash_of[int(i)], store_of[int(i)]) for i in arrays.image_ids], size=a.size)
+    base = DeepCluster(k=a.k, epochs=0).fit(images)
+    base_purity = weighted_purity(base.labels_, truth)
+    base_nmi8 = nmi(kmeans(base.embeddings_, len(REGIONS), seed=0, nredo=10).assignments, truth)
+    print(f"baseline (untrained network + k-means): K={a.k} purity {base_purity:.3f}; "
+          f"K={len(REGIONS)} NMI {base_nmi8:.3f}")
+
+    # --- the simulated radiologist ------------------------------------------------------------
+    region_of = dict(zip(arrays.image_ids.tolist(), truth.tolist()))
+    radiologist = create_user(db, "sim-radiologist", "simulated-radiologist-pw", "radiologist")
+    with db.session() as s:
+        label_id = dict(s.execute(select(Label.name, Label.id).where(Label.kind == "region")).all())
+        user = s.get(User, radiologist.id)
+        s.expunge(user)
+
+    def members(cid: int) -> list[str]:
+        with db.session() as s:
+            ids = s.scalars(select(ClusterMembership.image_id).where(ClusterMembership.cluster_id == cid)).all()
+        return [region_of[i] for i in ids]
+
+    with db.session() as s:
+        queue = [(c.id, 0) for c in s.scalars(select(Cluster).where(Cluster.run_id == run_id)
+                                                .order_by(Cluster.size.desc()))]
+    decisions = Counter()
+    to_region: dict[str, list[int]] = defaultdict(list)
+    while queue:
+        cid, depth = queue.pop(0)
+        regions = members(cid)
+        if not regions:
+            continue
+        region, count = Counter(regions).most_common(1)[0]
+        if count / len(regions) >= a.purity:
+            to_region[region].append(cid)
+        elif depth < 2 and len(regions) >= 2:
+            r = decide(db, "split", cid, user, k=2)
+            decisions["split"] += 1
+            queue += [(ch["id"], depth + 1) for ch in r["children"]]
+        else:
+            decide(db, "discard", cid, user)
+            decisions["discard"] += 1
+    for region, cids in to_region.items():
+        decide(db, "name", cids[0], user, label_id=label_id[region])
+        decisions["name"] += 1
+        if len(cids) > 1:
+            decide(db, "merge", cids[0], user, sources=cids[1:])
+            decisions["merge"] += 1
+    with db.session() as s:
+        current = s.execute(select(WeakLabel.image_id, Label.name).join(Label, Label.id == WeakLabel.label_id)
+                            .where(WeakLabel.superseded_at.is_(None))).all()
+    labelled = len(current)
+    correct = sum(region_of[i] == name for i, name in current)
+    accuracy = correct / max(labelled, 1)
+    n_decisions = sum(decisions.values())
+    per_cluster = decisions["split"] + decisions["discard"] + sum(len(v) for v in to_region.values())
+    print(f"simulated radiologist (name at purity >= {a.purity}): {dict(decisions)}")
+    print(f"  {labelled} of {len(truth)} images labelled by {n_decisions} decisions: "
+          f"{labelled / n_decisions:.1f} images per decision, weak-label accuracy {accuracy:.3f}")
+    print(f"  naming one cluster at a time instead of merging: {per_cluster} decisions, "
+          f"{labelled / per_cluster:.1f} images per decision")
+    print(f"RESULT images_per_decision={labelled / n_decisions:.1f} accuracy={accuracy:.3f} purity={purity:.3f} "
+          f"nmi={nmi8:.3f} images_per_decision_one_by_one={labelled / per_cluster:.1f} "
+          f"baseline_purity={base_purity:.3f} baseline_nmi={base_nmi8:.3f} "
+          f"nmi_consecutive={hist[-1]['nmi_prev']:.3f} minutes={minutes:.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+"""DeepCluster (Caron et al. 2018) for grayscale radiographs, as a fit/transform estimator.
+
+Each epoch: features of every image (unshuffled, no augmentation) -> PCA-whitening + L2 ->
+faiss k-means with a fresh seed -> a new classifier head -> one epoch of training the network
+to predict those pseudo-labels, drawing uniformly over clusters. The NMI between consecutive
+epochs' assignments is logged: it rises as the clustering stabilises."""
+from __future__ import annotations
+
+import io
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import normalized_mutual_info_score
+from torch import nn
+from torch.utils.data import DataLoader
+
+from clustering.augment import AugmentedImages, training_transform
+from clustering.features import Whitening, extract
+from clustering.kmeans import kmeans, predict
+from clustering.network import Backbone
+from clustering.sampler import UniformClusterSampler
+from clustering.stats import weighted_purity
+from imaging.files import write_atomic
+
+log = logging.getLogger(__name__)
+Progress = Callable[[int, int, str], None]
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class DeepClusterConfig:
+    k: int = 50
+    epochs: int = 20
+    arch: str = "resnet18"
+    width: int = 32  # 64 = the full torchvision ResNet; 32 trains ~4x faster on a CPU
+    pca_dim: int | None = None  # None: auto_pca_dim(n); the paper's 256 suits ImageNet-sized runs
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 1e-5
+    sobel: bool = True
+    hflip: bool = False  # off: a flip turns a left hand into a right hand
+    kmeans_iter: int = 20
+    epoch_samples: int | None = None  # draws per epoch; None = one per image
+    seed: int = 0
+
+
+@dataclass
+class EpochLog:
+    epoch: int
+    loss: float
+    nmi_prev: float | None  # NMI between this epoch's and the previous epoch's assignments
+    kmeans_objective: float
+    seconds: float
+    extra: dict = field(default_factory=dict)
+
+
+def auto_pca_dim(n_images: int) -> int:
+    """Whitening blows up every kept direction to unit variance; with few images the tail
+    directions are noise, and k-means on them is too (phantoms, 2,000 images: weighted purity
+    at K=50 was 0.81 with 256 dims and 0.93 with 16-32 after the same training)."""
+    return int(min(256, max(16, n_images // 64)))
+
+
+class DeepCluster:
+    """``fit(images)`` with images an (n, S, S) array in [0, 1] (e.g. from imaging.TensorCache).
+
+    After fit: ``labels_``, ``embeddings_`` (L2-normalised), ``centroids_``, ``distances_``,
+    ``history_`` (one EpochLog per epoch), ``backbone_``, ``whitening_``."""
+
+    def __init__(self, config: DeepClusterConfig | None = None, **overrides):
+        self.config = DeepClusterConfig(**{**asdict(config or DeepClusterConfig()), **overrides})
+
+    # -- training ---------------------------------------------------------------------------
+    def fit(self, images: np.ndarray, *, checkpoint_dir: str | Path | None = None,
+            progress: Progress | None = None, truth: np.ndarray | None = None) -> "DeepCluster":
+        """``truth`` (optional, benchmarks only) adds the NMI against known labels to the log."""
+        cfg = self.config
+        if cfg.k > len(images):
+            raise ValueError(f"k={cfg.k} is larger than the number of images ({len(images)})")
+        torch.manual_seed(cfg.seed)
+        backbone = Backbone(cfg.arch, cfg.width, cfg.sobel)
+        opt = torch.optim.SGD(backbone.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        history: list[EpochLog] = []
+        prev: np.ndarray | None = None
+        start = 0
+        ckpt = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir else None
+        if ckpt and ckpt.is_file():
+            start, prev, history = self._resume(ckpt, backbone, opt, len(images))
+            log.info("resuming DeepCluster at epoch %d from %s", start, ckpt)
+        transform = training_transform(images.shape[-1], cfg.hflip)
+        for epoch in range(start, cfg.epochs):
+            t0 = time.perf_counter()
+            if progress:
+                progress(epoch, cfg.epochs, f"epoch {epoch + 1}/{cfg.epochs}: clustering")
+            emb = self._embed_fresh(backbone, images)
+            km = kmeans(emb, cfg.k, seed=cfg.seed * 1000 + epoch, niter=cfg.kmeans_iter)
+            nmi_prev = None if prev is None else float(normalized_mutual_info_score(prev, km.assignments))
+            prev = km.assignments
+            if progress:
+                progress(epoch, cfg.epochs, f"epoch {epoch + 1}/{cfg.epochs}: training")
+            loss = self._train_epoch(backbone, opt, images, km.assignments, transform, epoch)
+            extra = {}
+            if truth is not None:
+                extra["nmi_truth"] = float(normalized_mutual_info_score(truth, km.assignments))
+                extra["purity_truth"] = weighted_purity(km.assignments, truth)
+            history.append(EpochLog(epoch, loss, nmi_prev, km.objective, time.perf_counter() - t0, extra))
+            log.info("epoch %d: loss %.4f, NMI(t-1, t) %s, %.1fs %s", epoch, loss,
+                     "-" if nmi_prev is None else f"{nmi_prev:.3f}", history[-1].seconds, extra or "")
+            if ckpt:
+                self._checkpoint(ckpt, epoch + 1, backbone, opt, prev, history, len(images))
+        if progress:
+            progress(cfg.epochs, cfg.epochs, "final clustering")
+        feats = extract(backbone, images)
+        self.whitening_ = Whitening.fit(feats, self._pca_dim(len(images)), cfg.seed)
+        self.embeddings_ = self.whitening_.transform(feats)
+        km = kmeans(self.embeddings_, cfg.k, seed=cfg.seed * 1000 + cfg.epochs, niter=cfg.kmeans_iter)
+        self.labels_, self.centroids_, self.distances_ = km.assignments, km.centroids, km.distances
+        self.backbone_, self.history_ = backbone, history
+        return self
+
+    def _embed_fresh(self, backbone: Backbone, images: np.ndarray) -> np.ndarray:
+        feats = extract(backbone, images)
+        return Whitening.fit(feats, self._pca_dim(len(images)), self.config.seed).transform(feats)
+
+    def _pca_dim(self, n_images: int) -> int:
+        return self.config.pca_dim or auto_pca_dim(n_images)
+
+    def _train_epoch(self, backbone: Backbone, opt, images, pseudo, transform, epoch: int) -> float:
+        cfg = self.config
+        head = nn.Linear(backbone.out_dim, cfg.k)  # re-initialised: last epoch's clusters mean nothing now
+        nn.init.normal_(head.weight, 0, 0.01)
+        nn.init.zeros_(head.bias)
+        head_opt = torch.optim.SGD(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        sampler = UniformClusterSampler(pseudo, cfg.epoch_samples or len(images), seed=cfg.seed)
+        sampler.set_epoch(epoch)
+        loader = DataLoader(AugmentedImages(images, pseudo, transform), batch_size=cfg.batch_size,
+                            sampler=sampler, drop_last=len(images) > cfg.batch_size)
+        backbone.train()
+        total, count = 0.0, 0
+        for x, y in loader:
+            loss = nn.functional.cross_entropy(head(backbone(x)), y)
+            opt.zero_grad()
+            head_opt.zero_grad()
+            loss.backward()
+            opt.step()
+            head_opt.step()
+            total += loss.item() * len(y)
+            count += len(y)
+        return total / max(count, 1)
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def _checkpoint(self, path: Path, epoch: int, backbone, opt, assignments, history, n: int) -> None:
+        buf = io.BytesIO()
+        torch.save({"epoch": epoch, "config": asdict(self.config), "n_images": n, "backbone": backbone.state_dict(),
+                    "optimizer": opt.state_dict(), "assignments": assignments,
+                    "history": [asdict(h) for h in history]}, buf)
+        write_atomic(path, buf.getvalue())  # a kill mid-write leaves the previous checkpoint intact
+
+    def _resume(self, path: Path, backbone, opt, n: int):
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if state["config"] != asdict(self.config) or state["n_images"] != n:
+            raise ValueError(f"{path} belongs to another run (different settings or images); "
+                             "delete it or pick another checkpoint folder")
+        backbone.load_state_dict(state["backbone"])
+        opt.load_state_dict(state["optimizer"])
+        return state["epoch"], state["assignments"], [EpochLog(**h) for h in state["history"]]
+
+    # -- using a trained model --------------------------------------------------------------
+    def transform(self, images: np.ndarray) -> np.ndarray:
+        """L2-normalised embeddings of new images, comparable with ``embeddings_``."""
+        return self.whitening_.transform(extract(self.backbone_, images))
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        return predict(self.transform(images), self.centroids_)[0]
+
+    def save(self, path: str | Path) -> Path:
+        buf = io.BytesIO()
+        torch.save({"config": asdict(self.config), "backbone": self.backbone_.state_dict(),
+                    "whitening": self.whitening_.state(), "centroids": self.centroids_,
+                    "history": [asdict(h) for h in self.history_]}, buf)
+        return write_atomic(path, buf.getvalue())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "DeepCluster":
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        model = cls(DeepClusterConfig(**state["config"]))
+        cfg = model.config
+        model.backbone_ = Backbone(cfg.arch, cfg.width, cfg.sobel)
+        model.backbone_.load_state_dict(state["backbone"])
+        model.backbone_.eval()
+        model.whitening_ = Whitening(**state["whitening"])
+        model.centroids_ = state["centroids"]
+        model.history_ = [EpochLog(**h) for h in state["history"]]
+        return model

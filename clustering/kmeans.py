@@ -1,0 +1,59 @@
+"""faiss k-means on L2-normalised features, the clustering step of DeepCluster and of splits."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+
+
+@dataclass
+class KMeansResult:
+    assignments: np.ndarray  # (n,) int64 cluster index per point
+    centroids: np.ndarray  # (k, d) float32
+    distances: np.ndarray  # (n,) float32 squared L2 distance to the assigned centroid
+    objective: float  # final sum of squared distances
+
+
+def kmeans(x: np.ndarray, k: int, *, seed: int = 0, niter: int = 20, nredo: int = 1,
+           max_points_per_centroid: int = 10_000) -> KMeansResult:
+    """Cluster rows of ``x`` into ``k`` groups; every group is non-empty when n >= k.
+
+    faiss already splits a big cluster to re-seed an empty one during training; the final
+    assignment can still leave one empty, so those are re-seeded by hand (DeepCluster does the
+    same in its sampler) with the point farthest from its centroid."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n, d = x.shape
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be between 1 and the number of points ({n}), got {k}")
+    km = faiss.Kmeans(d, k, niter=niter, nredo=nredo, seed=int(seed) % (2**31), verbose=False,
+                      max_points_per_centroid=max_points_per_centroid, min_points_per_centroid=1)
+    km.train(x)
+    dist, assign = km.index.search(x, 1)
+    assign, dist = assign[:, 0].astype(np.int64), dist[:, 0].astype(np.float32)
+    centroids = km.centroids.copy()
+    _reseed_empty(x, assign, dist, centroids)
+    return KMeansResult(assign, centroids, dist, float(dist.sum()))
+
+
+def _reseed_empty(x: np.ndarray, assign: np.ndarray, dist: np.ndarray, centroids: np.ndarray) -> None:
+    k = len(centroids)
+    counts = np.bincount(assign, minlength=k)
+    for empty in np.flatnonzero(counts == 0):
+        # Take the worst-fitting point of a cluster that can spare one.
+        donors = counts[assign] > 1
+        cand = np.flatnonzero(donors)
+        i = cand[np.argmax(dist[cand])]
+        counts[assign[i]] -= 1
+        assign[i] = empty
+        counts[empty] = 1
+        centroids[empty] = x[i]
+        dist[i] = 0.0
+
+
+def predict(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centroid of each row: (assignments, squared distances)."""
+    index = faiss.IndexFlatL2(centroids.shape[1])
+    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    dist, assign = index.search(np.ascontiguousarray(x, dtype=np.float32), 1)
+    return assign[:, 0].astype(np.int64), dist[:, 0]
