@@ -5,8 +5,9 @@ STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 SAMX   := $(VENV)/bin/samx
 DEMO_DIR ?= demo-data
 DEMO_N   ?= 240
+DEMO_EPOCHS ?= 20
 
-.PHONY: demo test venv bench clean
+.PHONY: demo test venv bench clean chromium
 
 venv: $(STAMP)
 
@@ -16,7 +17,7 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@touch $(STAMP)
 
-# Phantoms (or your own folder: make demo SAMX_DATA=/path/to/radiographs) -> ingest -> summary.
+# Phantoms (or your own folder: make demo SAMX_DATA=/path/to/radiographs) -> ingest -> DeepCluster.
 demo: $(STAMP)
 	@$(SAMX) --data-dir $(DEMO_DIR) init
 	@if [ -n "$(SAMX_DATA)" ]; then \
@@ -25,14 +26,25 @@ demo: $(STAMP)
 	    test -f $(DEMO_DIR)/phantoms/truth.json || $(SAMX) synth $(DEMO_DIR)/phantoms --n $(DEMO_N); \
 	    $(SAMX) --data-dir $(DEMO_DIR) ingest $(DEMO_DIR)/phantoms/images --report $(DEMO_DIR)/ingest-report.json; \
 	fi
+	@$(SAMX) --data-dir $(DEMO_DIR) cluster --epochs $(DEMO_EPOCHS)
 	@$(SAMX) --data-dir $(DEMO_DIR) jobs --limit 3
 	@echo "thumbnails: $(abspath $(DEMO_DIR))/thumbnails   log: $(abspath $(DEMO_DIR))/logs/samx.log"
+	@echo "name the clusters: $(SAMX) --data-dir $(DEMO_DIR) serve   (log in with the admin account printed by init)"
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(VENV)/bin/python -m pytest -q -rs $(PYTEST_ARGS)
 
+# The browser tests drive Debian's headless chromium; install it once if it is missing.
+chromium:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	    echo "installing Debian's chromium + chromium-driver for the browser tests"; \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get install -y -q chromium chromium-driver >/dev/null || \
+	    { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium chromium-driver >/dev/null; } || \
+	    echo "could not install chromium: the browser tests will be skipped (they fail under CI)"; }
+
 bench: $(STAMP)
-	$(VENV)/bin/python bench/ingest.py
+	for b in bench/*.py; do $(VENV)/bin/python $$b || exit 1; done
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

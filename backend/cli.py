@@ -115,16 +115,12 @@ def ingest(settings: Settings, paths: tuple[str, ...], report: str | None, voi: 
     Exact duplicates (by content) are skipped; unreadable files are recorded with a reason;
     an interrupted run can simply be started again.
     """
-    from backend.jobs import enqueue
-
     db = open_db(settings)
     params = {"paths": [str(Path(p).resolve()) for p in paths], "voi": voi, "workers": workers,
               "report": str(Path(report).resolve()) if report else None}
-    job = enqueue(db, "ingest", params, send=background)
-    if background:
-        click.echo(f"queued job {job.id}; run `samx worker` to process it, `samx jobs show {job.id}` to follow it")
+    r = _run_job(db, "ingest", params, background, unit="file")
+    if r is None:
         return
-    r = _run_here(db, job, "ingest", "file")
     click.echo(f"{r['files']} files in {r['seconds']:.1f} s ({r['files_per_second']:.1f}/s): "
                f"{r['imported']} imported, {r['duplicate']} duplicates, {r['rejected']} rejected")
     for code, count in sorted(r["rejected_by_reason"].items(), key=lambda kv: -kv[1]):
@@ -136,12 +132,17 @@ def ingest(settings: Settings, paths: tuple[str, ...], report: str | None, voi: 
         click.echo(f"report: {Path(report).resolve()}")
 
 
-def _run_here(db: Database, job, desc: str, unit: str) -> dict:
-    """Run a queued job in this process with a progress bar; its result, or a clear error."""
-    from backend.jobs import execute
+def _run_job(db: Database, kind: str, params: dict, background: bool, unit: str) -> dict | None:
+    """Queue the job for `samx worker` (None), or run it here with a progress bar: its result,
+    or a clear error."""
+    from backend.jobs import enqueue, execute
     from backend.models import JobStatus
 
-    with tqdm(desc=desc, unit=unit, disable=None) as bar:
+    job = enqueue(db, kind, params, send=background)
+    if background:
+        click.echo(f"queued job {job.id}; run `samx worker` to process it, `samx jobs show {job.id}` to follow it")
+        return None
+    with tqdm(desc=kind, unit=unit, disable=None) as bar:
         def on_progress(done: int, total: int | None, msg: str | None) -> None:
             if total is not None and bar.total != total:
                 bar.total = total
@@ -151,7 +152,7 @@ def _run_here(db: Database, job, desc: str, unit: str) -> dict:
 
         finished = execute(db, job.id, on_progress=on_progress)
     if finished is None or finished.status != JobStatus.succeeded:
-        raise click.ClickException(f"{desc} failed: {finished.error if finished else 'job could not start'}")
+        raise click.ClickException(f"{kind} failed: {finished.error if finished else 'job could not start'}")
     return finished.result
 
 
@@ -169,15 +170,11 @@ def cluster(settings: Settings, k: int | None, epochs: int, size: int, width: in
     """Group all imported radiographs with DeepCluster, for naming in the web app.
 
     Checkpoints every epoch: `samx jobs retry ID` on a killed run resumes where it stopped."""
-    from backend.jobs import enqueue
-
     db = open_db(settings)
     params = {"k": k, "epochs": epochs, "size": size, "width": width, "arch": arch, "seed": seed}
-    job = enqueue(db, "cluster", params, send=background)
-    if background:
-        click.echo(f"queued job {job.id}; run `samx worker` to process it, `samx jobs show {job.id}` to follow it")
+    r = _run_job(db, "cluster", params, background, unit="%")
+    if r is None:
         return
-    r = _run_here(db, job, "cluster", "%")
     click.echo(f"run {r['run_id']}: {r['images']} images in {r['k']} clusters, {r['seconds']:.0f} s; "
                f"NMI between the last two epochs {r['nmi_consecutive'] or 0:.3f}")
     click.echo("name the clusters in the browser: `samx serve`")

@@ -69,6 +69,17 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return ndi.binary_fill_holes(labels == (np.argmax(sizes) + 1))
 
 
+def large_components(mask: np.ndarray, fraction: float) -> np.ndarray:
+    """Every 8-connected component at least ``fraction`` of the largest, holes filled: a spine
+    whose vertebrae threshold apart, or both bones of a forearm, stay whole."""
+    labels, n = ndi.label(mask, structure=np.ones((3, 3), bool))
+    if n == 0:
+        return np.zeros_like(mask, dtype=bool)
+    sizes = np.bincount(labels.ravel())[1:]
+    keep = np.flatnonzero(sizes >= fraction * sizes.max()) + 1
+    return ndi.binary_fill_holes(np.isin(labels, keep))
+
+
 def central_region(shape: tuple[int, int], fraction: float = 0.5) -> np.ndarray:
     """Fallback ROI: the radiographer centres the body part, so the middle is the least-wrong
     guess, and downstream histograms need a non-empty pixel set."""
@@ -145,6 +156,7 @@ class ClassicRoi:
     open_radius: int = 2
     close_radius: int = 3
     min_area: float = 0.005  # smaller masks are noise: fall back to the centre
+    keep_components: float = 0.0  # 0: the largest component only; f > 0: every one >= f x the largest
 
     def __call__(self, img: np.ndarray) -> np.ndarray:
         img = check_image(img)
@@ -154,7 +166,7 @@ class ClassicRoi:
         body = self._threshold(smooth, border)
         body = _morph(body, cv2.MORPH_OPEN, self.open_radius)
         body = _morph(body, cv2.MORPH_CLOSE, self.close_radius) & ~border
-        body = largest_component(body)
+        body = large_components(body, self.keep_components) if self.keep_components else largest_component(body)
         if body.sum() < self.min_area * body.size:
             body = central_region(body.shape)
         return _upsample_mask(body, img.shape)

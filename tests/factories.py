@@ -7,6 +7,8 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from bench.overview import make_big_run  # noqa: F401  (rows-only load run; lives with its benchmark)
+
 #: Fake PHI written into every identifying tag by :func:`phi_dicom`; tests grep for these.
 PHI = {
     "PatientName": "Zyxwvut^Quillane^Marguerite",
@@ -178,40 +180,4 @@ def make_cluster_run(db, sizes=(6, 5, 4), regions=None, *, seed: int = 0, px: in
                                             embeddings=np.concatenate(emb).astype(np.float32),
                                             umap=np.concatenate(umap).astype(np.float32),
                                             assignments=np.array(assign, dtype=np.int64), centroids=centroids))
-    return run_id
-
-
-def make_big_run(db, n_clusters: int = 1000, n_images: int = 100_000, *, seed: int = 0) -> int:
-    """Rows only (no files) for load tests: n_images images spread over n_clusters clusters,
-    bulk-inserted. Run arrays hold a 2-D map and 8-D embeddings."""
-    from sqlalchemy import insert, select
-
-    from backend.models import Cluster, ClusterMembership, ClusterRun, Image
-    from backend.run_artifacts import RunArrays, save_arrays
-
-    rng = np.random.default_rng(seed)
-    assign = np.sort(rng.integers(0, n_clusters, n_images))
-    assign[:n_clusters] = np.arange(n_clusters)  # every cluster non-empty
-    assign.sort()
-    with db.session() as s:
-        image_ids = list(s.scalars(insert(Image).returning(Image.id, sort_by_parameter_order=True), [
-            {"content_hash": f"{seed:08d}{i:056d}", "status": "imported", "source_path": f"big/{i}.png",
-             "file_size": 1} for i in range(n_images)]))
-        run = ClusterRun(status="succeeded", k=n_clusters, params={"factory": "big"})
-        s.add(run)
-        s.flush()
-        counts = np.bincount(assign, minlength=n_clusters)
-        s.execute(insert(Cluster), [{"run_id": run.id, "index": j, "status": "open", "size": int(counts[j]),
-                                     "version": 1, "stats": {"representatives": [], "outliers": [],
-                                                             "uncertainty": float(rng.random())}}
-                                    for j in range(n_clusters)])
-        cid = dict(s.execute(select(Cluster.index, Cluster.id).where(Cluster.run_id == run.id)).all())
-        s.execute(insert(ClusterMembership), [{"run_id": run.id, "cluster_id": cid[int(a)], "image_id": image_ids[i],
-                                               "distance": float(i % 97) / 97.0} for i, a in enumerate(assign)])
-        run_id = run.id
-    ids = np.array(image_ids, dtype=np.int64)
-    save_arrays(db.settings, run_id, RunArrays(image_ids=ids, embeddings=rng.normal(size=(n_images, 8)).astype(np.float32),
-                                               umap=rng.normal(size=(n_images, 2)).astype(np.float32),
-                                               assignments=assign.astype(np.int64),
-                                               centroids=np.zeros((n_clusters, 8), np.float32)))
     return run_id

@@ -200,3 +200,13 @@ def test_deepcluster_refuses_a_foreign_checkpoint_and_too_large_k(tmp_path):
         DeepCluster(TINY, epochs=1, k=5).fit(images, checkpoint_dir=tmp_path)
     with pytest.raises(ValueError, match="larger than the number of images"):
         DeepCluster(TINY, k=100).fit(images)
+
+
+def test_learning_rate_schedules():
+    cos = DeepCluster(TINY, epochs=10)
+    rates = [cos._lr(e) for e in range(10)]
+    assert rates[0] == pytest.approx(TINY.lr) and all(a > b for a, b in zip(rates, rates[1:]))
+    assert rates[-1] >= 0.1 * TINY.lr
+    assert DeepCluster(TINY, lr_schedule="constant")._lr(7) == TINY.lr
+    with pytest.raises(ValueError, match="lr_schedule"):
+        DeepCluster(TINY, lr_schedule="step")

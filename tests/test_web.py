@@ -452,10 +452,10 @@ def test_vocabulary_admin(app, cluster_world):
 # scale
 
 
-@pytest.mark.slow
-def test_overview_of_1000_clusters_over_100k_images_is_fast(sqlite_db):
-    """The overview's server time stays under a second, with a fixed number of queries."""
-    run = make_big_run(sqlite_db, n_clusters=1000, n_images=100_000)
+def test_overview_of_1000_clusters_uses_a_fixed_number_of_queries(sqlite_db):
+    """However many clusters and images, the overview costs the same few SQL statements, never
+    one per cluster. (Its speed is measured by bench/overview.py, not here.)"""
+    run = make_big_run(sqlite_db, n_clusters=1000, n_images=20_000)
     make_user(sqlite_db, "rad1")
     app = create_app(sqlite_db.settings, testing=True)
     r = Browser(app, "rad1")
@@ -464,23 +464,15 @@ def test_overview_of_1000_clusters_over_100k_images_is_fast(sqlite_db):
     engine = app.extensions["samx.db"].engine
     event.listen(engine, "before_cursor_execute", listener)
     try:
-        times = []
-        for _ in range(3):
-            statements.clear()
-            t0 = time.perf_counter()
-            resp = r.get(f"/runs/{run}?sort=uncertainty")
-            times.append(time.perf_counter() - t0)
-            assert resp.status_code == 200
+        resp = r.get(f"/runs/{run}?sort=uncertainty")
     finally:
         event.remove(engine, "before_cursor_execute", listener)
+    assert resp.status_code == 200
     assert len(card_ids(resp.text)) == 1000
     assert len(statements) <= 6, statements  # user, run, cards, summary: never one per cluster
-    assert min(times) < 1.0, times
-    t0 = time.perf_counter()
     data = r.client.get(f"/api/runs/{run}/umap").json
-    umap_s = time.perf_counter() - t0
-    assert data["n"] == 100_000 and umap_s < 5.0, umap_s
-    print(f"overview of 1000 clusters: {min(times) * 1000:.0f} ms (best of 3); 100k-point map: {umap_s * 1000:.0f} ms")
+    assert data["n"] == 20_000 and len(data["clusters"]) == 1000
+    app.extensions["samx.db"].dispose()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """Read-side queries of the web pages, each a fixed small number of statements.
 
-The overview of 1,000 clusters must render in well under a second, so nothing here runs a query
-per cluster: one query for the cards (clusters joined to their label names) and one grouped
-query for the summary."""
+The overview of 1,000 clusters must render in well under a second (``bench/overview.py``
+measures it), so nothing here runs a query per cluster: one query for the cards (clusters
+joined to their label names) and one grouped query for the summary."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -43,6 +43,11 @@ def overview_cards(s: Session, run_id: int, sort: str = "unnamed") -> list[Card]
     for cid, index, status, label, size, version, stats in rows:
         unc = (stats or {}).get("uncertainty")
         cards.append(Card(cid, index, status, label, size, version, float(unc) if unc is not None else None))
+    return sort_cards(cards, sort)
+
+
+def sort_cards(cards: list[Card], sort: str) -> list[Card]:
+    """In place, and returned: the order of the overview for one of :data:`SORTS`."""
     if sort == "size":
         cards.sort(key=lambda c: (-c.size, c.index))
     elif sort == "uncertainty":  # most mixed first; clusters without a score last
