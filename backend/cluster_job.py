@@ -25,8 +25,9 @@ _CONFIG_KEYS = {f.name for f in fields(DeepClusterConfig)}
 
 
 def default_k(n_images: int) -> int:
-    """About 40 images a cluster, between 2 and 1000 (SAM-X: 42,608 images, 1000 clusters)."""
-    return int(min(1000, max(2, round(n_images / 40))))
+    """About 40 images a cluster (SAM-X: 42,608 images, 1000 clusters), at most 1000, and at
+    least 10 (or one per image): too few clusters mix regions, and merging is one decision."""
+    return int(min(1000, max(min(10, n_images), round(n_images / 40))))
 
 
 def cluster_config(params: dict, n_images: int) -> DeepClusterConfig:

@@ -22,7 +22,7 @@ from backend.models import Cluster, ClusterMembership, ClusterRun, Image, Job, J
 from backend.run_artifacts import load_arrays, run_dir
 from imaging.phantoms import generate_phantoms
 
-pytestmark = pytest.mark.slow
+
 TINY = {"k": 4, "epochs": 2, "size": 32, "width": 8, "batch_size": 16, "pca_dim": 16, "workers": 1}
 
 
@@ -37,6 +37,7 @@ def _ingest(db: Database, folder: Path) -> int:
     return ingest_paths(db, [folder], workers=1).by_status["imported"]
 
 
+@pytest.mark.slow
 def test_cluster_job_stores_run_clusters_memberships_and_arrays(db: Database, phantom_folder: Path):
     n = _ingest(db, phantom_folder)
     job = enqueue(db, "cluster", dict(TINY), send=False)
@@ -70,6 +71,7 @@ def test_cluster_job_stores_run_clusters_memberships_and_arrays(db: Database, ph
     assert len(list(cache.rglob("*.npy"))) == n
 
 
+@pytest.mark.slow
 def test_cluster_job_refuses_impossible_settings(sqlite_db: Database, phantom_folder: Path):
     job = enqueue(sqlite_db, "cluster", {"k": 4}, send=False)
     failed = execute(sqlite_db, job.id)
@@ -80,6 +82,7 @@ def test_cluster_job_refuses_impossible_settings(sqlite_db: Database, phantom_fo
         assert failed.status == JobStatus.failed and msg in failed.error
 
 
+@pytest.mark.slow
 def test_samx_cluster_command(sqlite_db: Database, phantom_folder: Path):
     _ingest(sqlite_db, phantom_folder)
     out = CliRunner().invoke(main, ["--data-dir", str(sqlite_db.settings.data_dir), "cluster", "--k", "3",
@@ -89,6 +92,7 @@ def test_samx_cluster_command(sqlite_db: Database, phantom_folder: Path):
     assert "40 images in 3 clusters" in out.output and "samx serve" in out.output
 
 
+@pytest.mark.slow
 def test_killed_clustering_resumes_from_its_checkpoint(sqlite_db: Database, phantom_folder: Path):
     db = sqlite_db
     _ingest(db, phantom_folder)
@@ -133,3 +137,9 @@ def test_killed_clustering_resumes_from_its_checkpoint(sqlite_db: Database, phan
     assert "resuming DeepCluster at epoch" in log
     resumed_at = int(log.split("resuming DeepCluster at epoch")[1].split()[0])
     assert resumed_at >= done_epochs
+
+
+def test_default_k_is_about_40_images_a_cluster():
+    from backend.cluster_job import default_k
+
+    assert [default_k(n) for n in (3, 240, 2000, 42_608, 10**6)] == [3, 10, 50, 1000, 1000]
