@@ -424,6 +424,26 @@ def test_start_clustering_job(app, cluster_world, monkeypatch):
     assert "Could not start clustering" in r.get("/runs").text
 
 
+@pytest.mark.slow
+def test_clustering_started_from_the_page_runs_for_real(app, cluster_world):
+    """No k on the form: the job picks it; a worker (here: execute) runs the real DeepCluster."""
+    from backend.jobs import execute
+    from backend.models import ClusterRun
+
+    db = cluster_world["db"]
+    r = Browser(app, "rad1")
+    resp = r.form("/runs", {"k": "", "epochs": "1"})
+    job_id = int(resp.location.rsplit("job=", 1)[1])
+    assert "k=automatic" in r.get("/runs").text
+    done = execute(db, job_id)
+    assert done.status.value == "succeeded", done.error
+    with db.session() as s:
+        run = s.get(ClusterRun, done.result["run_id"])
+        assert run.status == "done" and run.k == 10  # 21 images: at least 10 clusters
+    status = r.client.get(f"/api/jobs/{job_id}").json
+    assert status["status"] == "succeeded" and status["progress"] == 1.0
+
+
 def test_vocabulary_admin(app, cluster_world):
     db, a, L = cluster_world["db"], cluster_world["c"][0], cluster_world["L"]
     boss = Browser(app, "boss")

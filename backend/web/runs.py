@@ -42,9 +42,9 @@ def runs_page():
                            k_range=K_RANGE, epochs_range=EPOCHS_RANGE)
 
 
-def _form_int(name: str, lo: int, hi: int, default: int | None = None) -> int:
+def _form_int(name: str, lo: int, hi: int, default: int | None = None, *, optional: bool = False) -> int | None:
     raw = (request.form.get(name) or "").strip()
-    if not raw and default is not None:
+    if not raw and (default is not None or optional):
         return default
     try:
         value = int(raw)
@@ -59,7 +59,8 @@ def _form_int(name: str, lo: int, hi: int, default: int | None = None) -> int:
 @requires("decide")
 def start_run():
     try:
-        params = {"k": _form_int("k", *K_RANGE), "epochs": _form_int("epochs", *EPOCHS_RANGE, default=10)}
+        params = {"k": _form_int("k", *K_RANGE, optional=True),  # empty: about 40 images a cluster
+                  "epochs": _form_int("epochs", *EPOCHS_RANGE, default=30)}
     except ValueError as exc:
         flash(str(exc), "error")
         return redirect(url_for("runs.runs_page"), code=303)
@@ -68,7 +69,7 @@ def start_run():
     except JobFailed as exc:  # e.g. no handler for "cluster" installed in this version
         flash(f"Could not start clustering: {exc}", "error")
         return redirect(url_for("runs.runs_page"), code=303)
-    flash(f"Clustering job {job.id} queued (k={params['k']}, {params['epochs']} epochs); "
+    flash(f"Clustering job {job.id} queued (k={params['k'] or 'automatic'}, {params['epochs']} epochs); "
           "a `samx worker` runs it.", "info")
     return redirect(url_for("runs.runs_page", job=job.id), code=303)
 
