@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,18 +24,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 OUT = ROOT / "bench" / "out"
 
+from bench.cached_phantoms import cached_phantoms  # noqa: E402
+
 
 def phantoms(n: int, size: int) -> Path:
-    """Generated once and reused (delete bench/out to regenerate)."""
-    from imaging.phantoms import generate_phantoms
-
-    folder = OUT / f"phantoms-dcm-{n}-{size}"
-    if not (folder / "truth.json").exists():
-        shutil.rmtree(folder, ignore_errors=True)
-        t = time.perf_counter()
-        generate_phantoms(folder, n, seed=1, fmt="dcm", size=size, workers=os.cpu_count() or 1)
-        print(f"generated {n} phantoms in {time.perf_counter() - t:.1f} s", flush=True)
-    return folder
+    return cached_phantoms(f"phantoms-dcm-{n}-{size}", n, seed=1, fmt="dcm", size=size)
 
 
 def dicom_files(folder: Path) -> list[Path]:

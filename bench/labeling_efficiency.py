@@ -29,20 +29,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 OUT = ROOT / "bench" / "out"
+from bench.cached_phantoms import cached_phantoms  # noqa: E402
+
 REGIONS = ["hand", "wrist", "knee", "foot", "pelvis", "chest", "spine", "skull"]
 
 
 def phantoms(n: int) -> Path:
-    """Generated once and reused (delete bench/out to regenerate)."""
-    from imaging.phantoms import generate_phantoms
-
-    folder = OUT / f"phantoms-mixed-{n}"
-    if not (folder / "truth.json").exists():
-        shutil.rmtree(folder, ignore_errors=True)
-        t = time.perf_counter()
-        generate_phantoms(folder, n, seed=11, fmt="mixed", regions=REGIONS, workers=os.cpu_count() or 1)
-        print(f"generated {n} phantoms in {time.perf_counter() - t:.0f} s", flush=True)
-    return folder
+    return cached_phantoms(f"phantoms-mixed-{n}", n, seed=11, fmt="mixed", regions=REGIONS)
 
 
 def main() -> None:
