@@ -81,8 +81,7 @@ def run_cluster_job(ctx: JobContext) -> dict:
     ctx.progress(90, 100, "drawing the map", force=True)
     umap = umap_2d(model.embeddings_, seed=config.seed)
     known = _known_labels(ctx, image_ids)
-    stats = cluster_stats(model.embeddings_, model.labels_, model.centroids_,
-                          truth=known if known is not None else None)
+    stats = cluster_stats(model.embeddings_, model.labels_, model.centroids_, truth=known)
     save_arrays(settings, run_id, RunArrays(image_ids, model.embeddings_, umap, model.labels_, model.centroids_))
     metrics = _metrics(model, known)
     metrics["seconds"] = round(time.perf_counter() - t0, 1)

@@ -143,6 +143,16 @@ def _check_version(s: Session, c: Cluster, seen: Any, page_id: int | None = None
         raise Conflict(conflict_message(s, [c.id], page_id))
 
 
+def _open_for_decision(s: Session, user: Any, cluster_id: Any, version: Any) -> tuple[Actor, Cluster]:
+    """Who may decide, on which live cluster, seen at which version: every decision starts here."""
+    user = Actor.of(user)
+    _require_decider(user)
+    c = _load_cluster(s, cluster_id)
+    _require_active(s, c)
+    _check_version(s, c, version)
+    return user, c
+
+
 def _region_label(s: Session, label_id: Any) -> Label:
     lid = _as_int(label_id, "label_id")
     label = s.get(Label, lid)
@@ -264,11 +274,7 @@ def _labelled_note(entries: list[list], kept: int) -> str:
 
 def name_cluster(s: Session, user: Any, cluster_id: Any, *, label_id: Any, version: Any = None) -> dict:
     """Name a cluster with a region of the active vocabulary: every member gets that label."""
-    user = Actor.of(user)
-    _require_decider(user)
-    c = _load_cluster(s, cluster_id)
-    _require_active(s, c)
-    _check_version(s, c, version)
+    user, c = _open_for_decision(s, user, cluster_id, version)
     label = _region_label(s, label_id)
     d = _new_decision(s, c, user, "name", label.id)
     before = {str(c.id): _state(c)}
@@ -282,11 +288,7 @@ def name_cluster(s: Session, user: Any, cluster_id: Any, *, label_id: Any, versi
 
 def discard_cluster(s: Session, user: Any, cluster_id: Any, *, version: Any = None) -> dict:
     """Non-MSK (mammography, barium swallow, ...): members get a label with label_id None."""
-    user = Actor.of(user)
-    _require_decider(user)
-    c = _load_cluster(s, cluster_id)
-    _require_active(s, c)
-    _check_version(s, c, version)
+    user, c = _open_for_decision(s, user, cluster_id, version)
     d = _new_decision(s, c, user, "discard")
     before = {str(c.id): _state(c)}
     c.status, c.label_id = "discarded", None
@@ -304,11 +306,7 @@ def merge_clusters(s: Session, user: Any, cluster_id: Any, *, sources: Any, vers
     Sources become ``merged`` (``stats["merged_into"]``), their memberships move to the
     survivor. If the survivor is named or discarded, the moved images get its label (manual
     labels kept); into an open survivor they keep their labels until it is named."""
-    user = Actor.of(user)
-    _require_decider(user)
-    target = _load_cluster(s, cluster_id)
-    _require_active(s, target)
-    _check_version(s, target, version)
+    user, target = _open_for_decision(s, user, cluster_id, version)
     if not isinstance(sources, list) or not sources:
         raise DecisionError("choose at least one other cluster to merge into this one")
     ids = sorted({_as_int(x, "cluster id") for x in sources})
@@ -361,11 +359,7 @@ def split_cluster(s: Session, user: Any, cluster_id: Any, *, k: Any, settings, v
     from clustering.kmeans import kmeans
     from clustering.stats import cluster_stats
 
-    user = Actor.of(user)
-    _require_decider(user)
-    c = _load_cluster(s, cluster_id)
-    _require_active(s, c)
-    _check_version(s, c, version)
+    user, c = _open_for_decision(s, user, cluster_id, version)
     k = _as_int(k, "k")
     members = s.execute(select(ClusterMembership.id, ClusterMembership.image_id, ClusterMembership.distance)
                         .where(ClusterMembership.cluster_id == c.id).order_by(ClusterMembership.image_id)).all()
@@ -424,11 +418,7 @@ def move_images(s: Session, user: Any, cluster_id: Any, *, image_ids: Any, targe
 
     Memberships do not change: the image stays in its cluster, only its label differs, and
     later cluster-level decisions keep manual labels."""
-    user = Actor.of(user)
-    _require_decider(user)
-    c = _load_cluster(s, cluster_id)
-    _require_active(s, c)
-    _check_version(s, c, version)
+    user, c = _open_for_decision(s, user, cluster_id, version)
     if not isinstance(image_ids, list) or not image_ids:
         raise DecisionError("select at least one image to move")
     images = sorted({_as_int(i, "image id") for i in image_ids})

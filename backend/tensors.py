@@ -32,10 +32,12 @@ def load_tensors(settings: Settings, items: Sequence[tuple[str, str]], *, size: 
     """``items`` are (content_hash, store_path) pairs; returns float16 (n, size, size) in order."""
     out = np.zeros((len(items), size, size), dtype=np.float16)
     cache = tensor_cache(settings, size, method)
-    missing = [i for i, (h, _) in enumerate(items) if not cache.has(h)]
-    for i, (h, _) in enumerate(items):
+    missing = []
+    for i, (h, store_path) in enumerate(items):  # one look at the cache per image
         if cache.has(h):
-            out[i] = cache.get(h, lambda: None)
+            out[i] = cache.get(h, partial(load_pixels, settings, store_path))  # recomputes an unreadable entry
+        else:
+            missing.append(i)
     done = len(items) - len(missing)
     if progress:
         progress(done, len(items))

@@ -35,17 +35,19 @@ def cluster_stats(embeddings: np.ndarray, assignments: np.ndarray, centroids: np
         ratio = np.sqrt(d_own) / np.maximum(np.sqrt(d_other), 1e-12)
     else:
         ratio = np.zeros(len(embeddings))
+    truth = None if truth is None else np.asarray(truth)
+    by_cluster = np.lexsort((d_own, assignments))  # one sort: members of each cluster, nearest first
+    bounds = np.searchsorted(assignments[by_cluster], np.arange(k + 1))
     out = []
     for c in range(k):
-        rows = np.flatnonzero(assignments == c)
-        order = rows[np.argsort(d_own[rows], kind="stable")]
+        rows = by_cluster[bounds[c] : bounds[c + 1]]
         s = {"index": c, "size": int(len(rows)),
-             "representatives": order[:n_representatives].tolist(),
-             "outliers": order[::-1][:n_outliers].tolist() if len(rows) > n_representatives else [],
+             "representatives": rows[:n_representatives].tolist(),
+             "outliers": rows[::-1][:n_outliers].tolist() if len(rows) > n_representatives else [],
              "mean_distance": float(d_own[rows].mean()) if len(rows) else None,
              "uncertainty": float(np.minimum(ratio[rows], 1.0).mean()) if len(rows) else None}
         if truth is not None and len(rows):
-            values, counts = np.unique(np.asarray(truth)[rows], return_counts=True)
+            values, counts = np.unique(truth[rows], return_counts=True)
             s["majority"] = values[np.argmax(counts)].item()
             s["purity"] = float(counts.max() / len(rows))
         out.append(s)
