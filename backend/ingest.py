@@ -122,6 +122,7 @@ class IngestSummary:
     by_status: Counter = field(default_factory=Counter)
     by_reason: Counter = field(default_factory=Counter)
     seconds: float = 0.0
+    image_ids: dict[str, int] = field(default_factory=dict)  # path as given -> image (imported or duplicate)
 
     @property
     def images_per_second(self) -> float:
@@ -235,6 +236,8 @@ def ingest_paths(
                 row = None
         image_id = row.id if row is not None else known.get(outcome.content_hash or "", (None,))[0]
         summary.by_status[outcome.status] += 1
+        if image_id is not None and outcome.status != "rejected":
+            summary.image_ids[outcome.path] = image_id
         if outcome.status == "rejected":
             summary.by_reason[outcome.code or "unknown"] += 1
             log.info("rejected %s: %s: %s", outcome.path, outcome.code, outcome.reason)

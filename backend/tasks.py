@@ -22,3 +22,17 @@ def cluster_job(ctx: JobContext) -> dict:
     from backend.cluster_job import run_cluster_job
 
     return run_cluster_job(ctx)
+
+
+@job_kind("export")
+def export_job(ctx: JobContext) -> dict:
+    from backend.export_job import run_export_job
+
+    return run_export_job(ctx)
+
+
+@job_kind("import")
+def import_job(ctx: JobContext) -> dict:
+    from backend.dataset_import import run_import_job
+
+    return run_import_job(ctx)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -181,3 +182,73 @@ def make_cluster_run(db, sizes=(6, 5, 4), regions=None, *, seed: int = 0, px: in
                                             umap=np.concatenate(umap).astype(np.float32),
                                             assignments=np.array(assign, dtype=np.int64), centroids=centroids))
     return run_id
+
+
+#: A lesion label whose name tests non-ASCII text in every format.
+ODD_LESION = "Osteochondrom ä/é 骨"
+
+
+def make_export_world(db, phantoms: Path, *, workers: int = 1) -> dict:
+    """Ingest the DICOM phantoms under ``phantoms`` (from :func:`generate_phantoms` with fake PHI
+    in every header) and label them as samx would: boxes from the phantoms' truth
+    (annotations), region weak labels (cluster names, one manual correction, one discarded
+    image), a predicted box at score 0.3 and one at 0.9, and the hard cases: a box touching
+    the image border, a 0.37-pixel box, a box reaching outside the image and a non-ASCII
+    label. Returns {"truth", "ids" (truth id -> image id), "labels" (name -> id)}."""
+    import json
+
+    from sqlalchemy import select
+
+    from backend.ingest import ingest_paths
+    from backend.models import Box, Image, Label, LabelSource, ModelVersion, WeakLabel
+
+    truth = json.loads((Path(phantoms) / "truth.json").read_text())
+    summary = ingest_paths(db, [Path(phantoms) / "images"], workers=workers)
+    ids = {e["id"]: summary.image_ids[str(Path(phantoms) / e["file"])] for e in truth["images"]}
+    with db.session() as s:
+        odd = Label(kind="lesion", name=ODD_LESION, sort_order=5)
+        mv = ModelVersion(kind="detector", version="v7", status="ready")
+        s.add_all([odd, mv])
+        s.flush()
+        labels = {lab.name: lab.id for lab in s.scalars(select(Label))}
+        for n, e in enumerate(truth["images"]):
+            image = s.get(Image, ids[e["id"]])
+            for les in e["lesions"]:
+                x0, y0, x1, y1 = les["box"]
+                s.add(Box(image_id=image.id, label_id=labels[les["label"]], x=x0, y=y0, width=x1 - x0,
+                          height=y1 - y0, source="annotation"))
+            if n == 0:  # the hard cases, on one image
+                w, h = image.columns, image.rows
+                s.add_all([
+                    Box(image_id=image.id, label_id=labels["malignant"], x=0.0, y=0.0, width=10.5, height=7.25,
+                        source="annotation"),
+                    Box(image_id=image.id, label_id=labels["benign"], x=w - 6.0, y=h - 4.0, width=6.0, height=4.0,
+                        source="annotation"),
+                    Box(image_id=image.id, label_id=odd.id, x=20.3, y=30.6, width=0.37, height=0.41,
+                        source="annotation"),
+                    Box(image_id=image.id, label_id=labels["benign"], x=w - 3.5, y=5.0, width=9.0, height=3.0,
+                        source="annotation"),  # reaches outside: clipped to 3.5 px wide
+                ])
+            if n == 1:
+                s.add_all([
+                    Box(image_id=image.id, label_id=labels["malignant"], x=11.0, y=12.0, width=13.0, height=14.0,
+                        source="prediction", score=0.9, model_version_id=mv.id),
+                    Box(image_id=image.id, label_id=labels["benign"], x=40.0, y=41.0, width=5.0, height=6.0,
+                        source="prediction", score=0.3, model_version_id=mv.id),
+                ])
+            region = e["region"]
+            if n == 2:
+                s.add(WeakLabel(image_id=image.id, label_id=labels[region], source=LabelSource.manual))
+            elif n == 3:
+                s.add(WeakLabel(image_id=image.id, label_id=None, source=LabelSource.cluster))  # discarded
+            elif n != 4:  # image 4 stays unlabelled
+                s.add(WeakLabel(image_id=image.id, label_id=labels.get(region) or labels["chest"],
+                                source=LabelSource.cluster))
+    return {"truth": truth, "ids": ids, "labels": labels, "model_version": mv.id}
+
+
+def run_job(db, kind: str, **params):
+    """Run a job in this process as the CLI does; the finished Job row."""
+    from backend.jobs import enqueue, execute
+
+    return execute(db, enqueue(db, kind, params, send=False).id)
