@@ -46,14 +46,24 @@ class ImportSummary:
             self.problems.append(text)
 
 
-def read_dataset(fmt: str, path: Path, image_dir: Path | None) -> list[ReadImage]:
-    """Every image of the dataset with its boxes and (from image_labels.csv) labels."""
+def _coco_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    for folder in (path / "annotations", path):
+        found = sorted(folder.glob("instances_*.json")) or sorted(folder.glob("*.json"))
+        if found:
+            return found
+    return []
+
+
+def read_dataset(fmt: str, path: Path, image_dir: Path | None) -> tuple[Path, list[ReadImage]]:
+    """The dataset's root folder, and every image with its boxes and (from image_labels.csv) labels."""
     path = Path(path)
     root = path if path.is_dir() else path.parent
     if fmt == "voc":
         images = list(voc.read_voc(path))
     elif fmt == "coco":
-        files = [path] if path.is_file() else sorted((path / "annotations").glob("*.json")) or sorted(path.glob("*.json"))
+        files = _coco_files(path)
         if not files:
             raise DatasetError(f"{path}: no COCO JSON (expected annotations/instances_<split>.json)")
         if path.is_file() and path.parent.name == "annotations":
@@ -61,7 +71,8 @@ def read_dataset(fmt: str, path: Path, image_dir: Path | None) -> list[ReadImage
         images = []
         for f in files:
             split = f.stem.removeprefix("instances_")
-            folder = image_dir or next((d for d in (root / "images" / split, root / "images", f.parent)
+            # samx's layout (images/<split>), COCO 2017's (<split>2017 beside annotations/), or flat
+            folder = image_dir or next((d for d in (root / "images" / split, root / split, root / "images", f.parent)
                                         if d.is_dir()), f.parent)
             images.extend(read_coco(f, folder)[1])
     else:
@@ -73,7 +84,7 @@ def read_dataset(fmt: str, path: Path, image_dir: Path | None) -> list[ReadImage
             row = by_name.get(Path(im.file_name).name)
             if row and row.get("region"):
                 im.labels["region"] = row["region"]
-    return images
+    return root, images
 
 
 def _label(s: Session, cache: dict, kind: str, name: str) -> int:
@@ -146,12 +157,9 @@ def _store_image(s: Session, fmt: str, image: Image, rec: ReadImage, labels: dic
 def import_dataset(ctx: JobContext, fmt: str, path: Path, image_dir: Path | None,
                    progress: Callable[[int, int, str], None] | None = None) -> ImportSummary:
     try:
-        images = read_dataset(fmt, path, image_dir)
+        root, images = read_dataset(fmt, path, image_dir)
     except DatasetError as exc:
         raise JobFailed(str(exc)) from None
-    root = Path(path) if Path(path).is_dir() else Path(path).parent
-    if fmt == "coco" and root.name == "annotations":
-        root = root.parent
     summary = ImportSummary(images=len(images))
     known = _own_export_ids(ctx, root, images)
     unknown = [im.path for im in images if im.path not in known and Path(im.path).is_file()]

@@ -454,3 +454,34 @@ def test_cli_export_and_import(sqlite_db, phantoms, tmp_path):
     res = runner.invoke(main, [*args, "import", "coco", str(tmp_path / "c")])
     assert res.exit_code == 0 and "0 boxes added" in res.output, res.output
     shutil.rmtree(tmp_path / "c")
+
+
+def test_import_an_external_coco_dataset(sqlite_db, phantoms, tmp_path):
+    """Someone else's COCO: category ids 10/20, file names with folders, DICOM images beside it.
+    Boxes land on the ingested (de-identified) images exactly as given."""
+    truth = json.loads((phantoms / "truth.json").read_text())
+    cats = {"benign": 10, "malignant": 20}
+    images, anns = [], []
+    for i, e in enumerate(truth["images"], 1):
+        images.append({"id": i, "file_name": e["file"], "width": e["width"], "height": e["height"]})
+        for les in e["lesions"]:
+            x0, y0, x1, y1 = les["box"]
+            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": cats[les["label"]],
+                         "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0), "iscrowd": 0})
+    anns.append({"id": 999, "image_id": 1, "category_id": 10, "bbox": [1, 1, 5, 5], "iscrowd": 1})
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations" / "instances_val2017.json").write_text(json.dumps(
+        {"images": images, "annotations": anns, "categories": [{"id": v, "name": k} for k, v in cats.items()]}))
+    job = run_job(sqlite_db, "import", format="coco", path=str(tmp_path), image_dir=str(phantoms))
+    assert job.status == JobStatus.succeeded, job.error
+    r = job.result
+    assert r["ingested"] == len(images) and r["boxes_added"] == len(anns) - 1 and r["failed"] == 0
+    assert any("iscrowd" in p for p in r["problems"])
+    with sqlite_db.session() as s:
+        got = sorted((name, b.x, b.y, b.width, b.height) for b, name in
+                     s.execute(select(Box, Label.name).join(Label, Label.id == Box.label_id)))
+        pseudonyms = set(s.scalars(select(Image.patient_pseudonym)))
+    want = sorted((les["label"], les["box"][0], les["box"][1], les["box"][2] - les["box"][0],
+                   les["box"][3] - les["box"][1]) for e in truth["images"] for les in e["lesions"])
+    assert got == want
+    assert not pseudonyms & {e["patient"] for e in truth["images"]}  # ingested de-identified
