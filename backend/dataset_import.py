@@ -20,11 +20,11 @@ from backend.ingest import ingest_paths
 from backend.jobs.runner import JobContext, JobFailed
 from backend.models import Box, Image, ImageStatus, Label, LabelSource, WeakLabel, utcnow
 from exports import voc
-from exports.coco import DatasetError, read_coco
+from exports.coco import read_coco
 from exports.image_labels import FILE_NAME as LABELS_CSV
 from exports.image_labels import read_image_labels
 from exports.manifest import read_manifest
-from exports.records import BoxRecord, ReadImage, clip_box
+from exports.records import BoxRecord, DatasetError, ReadImage, clip_box
 
 MAX_PROBLEMS = 1000
 
@@ -164,12 +164,13 @@ def import_dataset(ctx: JobContext, fmt: str, path: Path, image_dir: Path | None
     known = _own_export_ids(ctx, root, images)
     unknown = [im.path for im in images if im.path not in known and Path(im.path).is_file()]
     new_ids: set[int] = set()
+    total = len(unknown) + len(images)  # progress: ingesting the new files, then storing every image
+    report = progress or (lambda done, n, message: None)
     if unknown:
-        total = len(unknown)
         with ctx.db.session() as s:
             last_id = s.scalar(select(func.max(Image.id))) or 0
         ingest = ingest_paths(ctx.db, unknown, workers=ctx.params.get("workers"),
-                              progress=lambda d, n, m: progress and progress(d, 2 * total, f"ingesting {d}/{n}"))
+                              progress=lambda d, n, m: report(d, total, f"ingesting {d}/{n}"))
         known.update(ingest.image_ids)
         new_ids = {i for i in ingest.image_ids.values() if i > last_id}  # the rest were in samx already
     labels: dict = {}
@@ -194,9 +195,7 @@ def import_dataset(ctx: JobContext, fmt: str, path: Path, image_dir: Path | None
             else:
                 summary.matched += 1
             _store_image(s, fmt, image, rec, labels, summary)
-        if progress:
-            progress(len(images) + done if unknown else done, 2 * len(images) if unknown else len(images),
-                     f"{done}/{len(images)} images")
+        report(len(unknown) + done, total, f"{done}/{len(images)} images")
     return summary
 
 

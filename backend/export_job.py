@@ -170,10 +170,15 @@ def _staging(out: Path) -> Path:
     return tmp
 
 
+def _refuse_taken(out: Path, force: bool) -> None:
+    """An empty OUT may be used; a non-empty one only replaced with force."""
+    if not force and out.is_dir() and any(out.iterdir()):
+        raise JobFailed(f"{out} exists and is not empty; choose another folder or pass --force to replace it")
+
+
 def _publish(tmp: Path, out: Path, force: bool) -> None:
+    _refuse_taken(out, force)  # again: another export may have written OUT meanwhile
     if out.exists():
-        if not force:
-            raise JobFailed(f"{out} exists; choose another folder or pass --force to replace it")
         old = out.with_name(f".{out.name}.old")
         if old.exists():
             shutil.rmtree(old)
@@ -195,8 +200,7 @@ def run_export_job(ctx: JobContext) -> dict:
     if fmt not in WRITERS:
         raise JobFailed(f"format must be one of {', '.join(WRITERS)}, not {fmt!r}")
     out = Path(p["out"]).resolve()
-    if out.exists() and not p.get("force") and any(out.iterdir()):
-        raise JobFailed(f"{out} exists and is not empty; choose another folder or pass --force to replace it")
+    _refuse_taken(out, bool(p.get("force")))
     image_format = p.get("image_format") or DEFAULT_IMAGE_FORMAT[fmt]
     if image_format not in IMAGE_FORMATS:
         raise JobFailed(f"image format must be one of {', '.join(IMAGE_FORMATS)}, not {image_format!r}")

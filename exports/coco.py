@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from exports.images import IMAGE_FORMATS
-from exports.records import BoxRecord, Category, ImageRecord, ReadImage
+from exports.records import BoxRecord, Category, DatasetError, ImageRecord, ReadImage
 
 INFO = {"description": "samx export", "contributor": "samx", "version": "1.0"}
 
@@ -68,10 +68,6 @@ class CocoWriter:
                         f.write(chunk)
                     f.write(tail)
                     part.close()
-
-
-class DatasetError(ValueError):
-    """A dataset that cannot be read; the message names the file and what is wrong."""
 
 
 def read_coco(annotation_file: Path, image_dir: Path) -> tuple[list[Category], Iterator[ReadImage]]:

@@ -7,6 +7,10 @@ from dataclasses import dataclass, field
 SPLITS = ("train", "val", "test")
 
 
+class DatasetError(ValueError):
+    """A dataset that cannot be read; the message names the file and what is wrong."""
+
+
 @dataclass(frozen=True)
 class Category:
     """``id`` is 1-based and stable: the position in the vocabulary's order, not a row id."""

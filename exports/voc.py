@@ -12,8 +12,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from exports.coco import DatasetError
-from exports.records import BoxRecord, Category, ImageRecord, ReadImage
+from exports.records import BoxRecord, Category, DatasetError, ImageRecord, ReadImage
 
 #: torchvision's VOCDetection accepts a "test" image set only for the 2007 layout.
 DEVKIT = Path("VOCdevkit") / "VOC2007"
