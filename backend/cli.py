@@ -395,6 +395,116 @@ def import_(settings: Settings, fmt: str, path: str, image_dir: str | None, back
 
 
 @main.group()
+def train() -> None:
+    """Train the models that label for you."""
+
+
+@train.command("sorter")
+@click.option("--epochs", type=int, default=20, show_default=True)
+@click.option("--folds", type=int, default=5, show_default=True,
+              help="Cross-validation folds for the report (6-2-2 at 5); 0 skips cross-validation.")
+@click.option("--min-per-class", type=int, default=5, show_default=True,
+              help="Regions with fewer labelled images are left out of the sorter.")
+@click.option("--init", type=click.Choice(["deepcluster", "none"]), default="deepcluster", show_default=True,
+              help="Start from the latest DeepCluster network (SAM-X) or from random weights.")
+@click.option("--coverage", type=float, default=0.99, show_default=True,
+              help="Share of validation images the sorter must accept; the rest of the world is 'unsure'.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Make the new version active even if it is worse than the active one.")
+@click.option("--background", is_flag=True, help="Queue a job for `samx worker` instead of running here.")
+@pass_settings
+def train_sorter(settings: Settings, epochs: int, folds: int, min_per_class: int, init: str, coverage: float,
+                 seed: int, force: bool, background: bool) -> None:
+    """Train the SAM-X sorter on the current region weak labels.
+
+    Cross-validates (top-1/top-2 per fold, confusion matrix), trains the version on everything
+    outside the fixed validation split, and makes it active if it is at least as good there
+    as the active version. Writes an HTML report into the model store."""
+    if not 0 < coverage <= 1:
+        raise click.BadParameter("must be in (0, 1]", param_hint="--coverage")
+    db = open_db(settings)
+    params = {"epochs": epochs, "folds": folds, "min_per_class": min_per_class, "init": init,
+              "coverage": coverage, "seed": seed, "force": force}
+    r = _run_job(db, "train_sorter", params, background, unit="%")
+    if r is None:
+        return
+    cv = f"; cross-validation top-1 {r['cv_top1']['mean']:.3f} ± {r['cv_top1']['sd']:.3f}, " \
+         f"top-2 {r['cv_top2']['mean']:.3f} ± {r['cv_top2']['sd']:.3f}" if r.get("cv_top1") else ""
+    click.echo(f"sorter {r['version']} on {r['images']} images, {len(r['classes'])} regions: validation top-1 "
+               f"{r['holdout_top1']:.3f}, top-2 {r['holdout_top2']:.3f}{cv}")
+    click.echo(f"{'active' if r['promoted'] else 'not activated'}: {r['reason']}")
+    click.echo(f"report: {settings.models_dir / 'sorter' / r['version'] / 'report.html'}")
+
+
+@main.command()
+@click.option("--background", is_flag=True, help="Queue a job for `samx worker` instead of running here.")
+@pass_settings
+def predict(settings: Settings, background: bool) -> None:
+    """Sorter predictions for the imported images the active sorter has not seen yet."""
+    r = _run_job(open_db(settings), "predict", {}, background, unit="%")
+    if r is not None:
+        click.echo(f"{r['predicted']} images predicted")
+
+
+@main.command("sort")
+@click.argument("src", metavar="IN", type=click.Path(exists=True, file_okay=False))
+@click.argument("out", metavar="OUT", type=click.Path(file_okay=False))
+@click.option("--model", "version", help="Sorter version (default: the active one).")
+@click.option("--link", is_flag=True, help="Hard-link instead of copying (same file system).")
+@click.option("--force", is_flag=True, help="Write into a non-empty OUT.")
+@click.option("--workers", type=int, default=None, help="Decoding processes (default: all cores).")
+@pass_settings
+def sort_cmd(settings: Settings, src: str, out: str, version: str | None, link: bool, force: bool,
+             workers: int | None) -> None:
+    """Copy every file under IN to OUT/<region>/, OUT/unsure/ or OUT/unreadable/, with
+    OUT/predictions.csv (region, confidence, runner-up, out-of-distribution score, reason).
+
+    The originals stay as they are; nothing is added to the database."""
+    from backend.sort_folder import SortError, sort_folder
+    from backend.sorter_store import find_version, load_sorter
+
+    db = open_db(settings)
+    with db.session() as s:
+        mv = find_version(s, version)
+        if mv is None or not mv.path:
+            raise click.ClickException(f"no sorter version {version!r}" if version else
+                                       "there is no active sorter yet: run `samx train sorter` first")
+        model, cfg, name = load_sorter(settings, mv), dict(mv.config), mv.version
+    with tqdm(desc="sort", unit="file", disable=None) as bar:
+        def on_progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        try:
+            r = sort_folder(model, src, out, size=int(cfg.get("size", 64)), method=cfg.get("method", "fhe"),
+                            link=link, force=force, workers=workers, progress=on_progress)
+        except SortError as exc:
+            raise click.ClickException(str(exc)) from None
+    click.echo(f"sorter {name}: {r.files} files -> " + ", ".join(f"{k} {v}" for k, v in sorted(r.by_folder.items())))
+    click.echo(f"predictions: {r.csv}")
+
+
+@main.command()
+@pass_settings
+def models(settings: Settings) -> None:
+    """Sorter versions with their metrics (the active one marked *)."""
+    from sqlalchemy import select
+
+    from backend.models import ModelVersion
+
+    with open_db(settings).session() as s:
+        rows = s.scalars(select(ModelVersion).where(ModelVersion.kind == "sorter").order_by(ModelVersion.id)).all()
+        for mv in rows:
+            m = mv.metrics or {}
+            top1 = m.get("holdout_top1")
+            click.echo(f"{'*' if mv.status == 'active' else ' '} {mv.version}  {mv.status:<8} "
+                       f"{mv.created_at:%Y-%m-%d %H:%M}  {m.get('n_images', '?')} images  validation top-1 "
+                       f"{'-' if top1 is None else f'{top1:.3f}'}  {m.get('reason', '')}")
+        if not rows:
+            click.echo("no sorter trained yet: `samx train sorter`")
+
+
+@main.group()
 def users() -> None:
     """Manage accounts (roles: admin, radiologist, viewer)."""
 

@@ -17,6 +17,9 @@ class Settings:
     data_dir: Path
     database_url: str
     queue_url: str  # "sqlite" (embedded, no server) or a redis:// URL
+    #: Weak labels corrected (review queue, single-image moves) since the active sorter was
+    #: trained that start a background retrain; 0 turns the loop off.
+    sorter_retrain_after: int = 50
 
     @classmethod
     def from_env(cls, data_dir: str | Path | None = None) -> "Settings":
@@ -27,7 +30,12 @@ class Settings:
         elif db.startswith("postgresql://"):
             db = "postgresql+psycopg://" + db[len("postgresql://") :]
         queue = os.environ.get("SAMX_QUEUE") or os.environ.get("REDIS_URL") or "sqlite"
-        return cls(data_dir=root, database_url=db, queue_url=queue)
+        retrain = os.environ.get("SAMX_SORTER_RETRAIN_AFTER", "").strip()
+        try:
+            retrain_after = int(retrain) if retrain else 50
+        except ValueError:
+            raise ValueError(f"SAMX_SORTER_RETRAIN_AFTER must be a whole number, got {retrain!r}") from None
+        return cls(data_dir=root, database_url=db, queue_url=queue, sorter_retrain_after=max(0, retrain_after))
 
     # Layout of the data directory: one place to change it.
     @property

@@ -250,6 +250,24 @@ class WeakLabel(Base):
     image: Mapped[Image] = relationship(back_populates="weak_labels")
 
 
+class SorterPrediction(Base):
+    """What one sorter version said about one image. Kept apart from weak labels: a prediction
+    labels nothing until a radiologist accepts it (then it becomes a WeakLabel, source sorter)."""
+
+    __tablename__ = "sorter_predictions"
+    __table_args__ = (UniqueConstraint("model_version_id", "image_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"), index=True)
+    label_id: Mapped[int | None] = mapped_column(ForeignKey("labels.id", ondelete="RESTRICT"))  # None: unsure
+    confidence: Mapped[float] = mapped_column(Float)  # probability of the best class
+    second_label_id: Mapped[int | None] = mapped_column(ForeignKey("labels.id", ondelete="RESTRICT"))
+    second_confidence: Mapped[float | None] = mapped_column(Float)
+    ood_score: Mapped[float] = mapped_column(Float)  # above the model's threshold: unsure
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class Box(Base):
     """A lesion box in float pixels of the original image, top-left origin, [x, y, w, h]."""
 

@@ -36,3 +36,17 @@ def import_job(ctx: JobContext) -> dict:
     from backend.dataset_import import run_import_job
 
     return run_import_job(ctx)
+
+
+@job_kind("train_sorter")
+def train_sorter_job(ctx: JobContext) -> dict:
+    from backend.sorter_job import run_train_sorter_job
+
+    return run_train_sorter_job(ctx)
+
+
+@job_kind("predict")
+def predict_job(ctx: JobContext) -> dict:
+    from backend.sorter_job import run_predict_job
+
+    return run_predict_job(ctx)

@@ -2,12 +2,8 @@
 
 2,000 phantoms of 8 regions are ingested, clustered by the real `cluster` job (DeepCluster,
 K=50) and then named by a simulated radiologist through the same decision service the web page
-uses. The radiologist looks at each cluster (here: its true regions) and
-  - names it by its majority region when at least --purity of it agrees, merging it into the
-    cluster already named with that region (the overview lets one select several clusters of
-    the same region and merge them in one decision);
-  - splits it in two when it is mixed, and looks at the halves again (at most twice);
-  - discards what is still mixed after that.
+uses (bench/simulated_radiologist.py: it names pure clusters and merges them by region,
+splits mixed ones, discards what stays mixed).
 Also printed: the same labels named one cluster at a time (one decision per cluster, as SAM-X
 counted), k-means on the untrained network's features (the baseline), and at K = 8 regions.
 
@@ -21,7 +17,6 @@ import os
 import shutil
 import sys
 import time
-from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 OUT = ROOT / "bench" / "out"
 from bench.cached_phantoms import cached_phantoms  # noqa: E402
+from bench.simulated_radiologist import name_clusters  # noqa: E402
 
 REGIONS = ["hand", "wrist", "knee", "foot", "pelvis", "chest", "spine", "skull"]
 
@@ -52,10 +48,9 @@ def main() -> None:
 
     from backend.config import Settings
     from backend.db import Database
-    from backend.decisions import decide
     from backend.ingest import ingest_paths
     from backend.jobs import enqueue, execute
-    from backend.models import Cluster, ClusterMembership, ClusterRun, Image, Label, ModelVersion, User, WeakLabel
+    from backend.models import ClusterRun, Image, Label, ModelVersion, WeakLabel
     from backend.run_artifacts import load_arrays
     from backend.tensors import load_tensors
     from backend.users import create_user
@@ -117,42 +112,8 @@ def main() -> None:
     # --- the simulated radiologist ------------------------------------------------------------
     region_of = dict(zip(arrays.image_ids.tolist(), truth.tolist()))
     radiologist = create_user(db, "sim-radiologist", "simulated-radiologist-pw", "radiologist")
-    with db.session() as s:
-        label_id = dict(s.execute(select(Label.name, Label.id).where(Label.kind == "region")).all())
-        user = s.get(User, radiologist.id)
-        s.expunge(user)
-
-    def members(cid: int) -> list[str]:
-        with db.session() as s:
-            ids = s.scalars(select(ClusterMembership.image_id).where(ClusterMembership.cluster_id == cid)).all()
-        return [region_of[i] for i in ids]
-
-    with db.session() as s:
-        queue = [(c.id, 0) for c in s.scalars(select(Cluster).where(Cluster.run_id == run_id)
-                                                .order_by(Cluster.size.desc()))]
-    decisions = Counter()
-    to_region: dict[str, list[int]] = defaultdict(list)
-    while queue:
-        cid, depth = queue.pop(0)
-        regions = members(cid)
-        if not regions:
-            continue
-        region, count = Counter(regions).most_common(1)[0]
-        if count / len(regions) >= a.purity:
-            to_region[region].append(cid)
-        elif depth < 2 and len(regions) >= 2:
-            r = decide(db, "split", cid, user, k=2)
-            decisions["split"] += 1
-            queue += [(ch["id"], depth + 1) for ch in r["children"]]
-        else:
-            decide(db, "discard", cid, user)
-            decisions["discard"] += 1
-    for region, cids in to_region.items():
-        decide(db, "name", cids[0], user, label_id=label_id[region])
-        decisions["name"] += 1
-        if len(cids) > 1:
-            decide(db, "merge", cids[0], user, sources=cids[1:])
-            decisions["merge"] += 1
+    naming = name_clusters(db, run_id, region_of, radiologist, purity=a.purity)
+    decisions = naming.decisions
     with db.session() as s:
         current = s.execute(select(WeakLabel.image_id, Label.name).join(Label, Label.id == WeakLabel.label_id)
                             .where(WeakLabel.superseded_at.is_(None))).all()
@@ -160,7 +121,7 @@ def main() -> None:
     correct = sum(region_of[i] == name for i, name in current)
     accuracy = correct / max(labelled, 1)
     n_decisions = sum(decisions.values())
-    per_cluster = decisions["split"] + decisions["discard"] + sum(len(v) for v in to_region.values())
+    per_cluster = decisions["split"] + decisions["discard"] + naming.named_clusters
     print(f"simulated radiologist (name at purity >= {a.purity}): {dict(decisions)}")
     print(f"  {labelled} of {len(truth)} images labelled by {n_decisions} decisions: "
           f"{labelled / n_decisions:.1f} images per decision, weak-label accuracy {accuracy:.3f}")

@@ -45,3 +45,21 @@ class Radiograph:
 
     pixels: np.ndarray
     meta: RadiographMeta
+
+
+#: DICOM modalities whose images are not projection radiographs.
+NOT_PROJECTION = frozenset({"CT", "MR", "US", "NM", "PT", "MG", "OP", "XC", "ES", "SM", "OCT", "IVUS", "ECG", "SR"})
+
+
+def not_a_radiograph(fmt: str | None, modality: str | None, photometric: str | None) -> str | None:
+    """Why a DICOM header says the image is no projection radiograph, or None. CR and DX
+    images are MONOCHROME1/2 by the standard, so a colour or palette DICOM is something else
+    (a photo, a screenshot, ultrasound). PNG and JPEG carry no such facts: the sorter's
+    out-of-distribution score has to judge those."""
+    if fmt != "dicom":
+        return None
+    if modality and modality.upper() in NOT_PROJECTION:
+        return f"DICOM modality {modality} is not a projection radiograph"
+    if photometric and not photometric.upper().startswith("MONOCHROME"):
+        return f"DICOM photometric interpretation {photometric}: radiographs are MONOCHROME1/2"
+    return None

@@ -31,6 +31,12 @@ def letterbox(img: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
+def prepare_tensor(img: np.ndarray, size: int, method: str = "fhe", crop_to_body: bool = True) -> np.ndarray:
+    """A [0, 1] float image -> the float16 (size, size) input the networks see."""
+    prepared = body_crop(img, method) if crop_to_body else enhance(img, method)
+    return letterbox(prepared, size).astype(np.float16)
+
+
 class TensorCache:
     """``root/<method>_<size>/<key[:2]>/<key>.npy``, read back memory-mapped."""
 
@@ -60,9 +66,7 @@ class TensorCache:
                 return np.load(path, mmap_mode="r")
             except (ValueError, OSError):
                 pass  # unreadable entry (e.g. disk trouble): recompute and overwrite it
-        img = load()
-        prepared = body_crop(img, self.method) if self.crop_to_body else enhance(img, self.method)
-        tensor = letterbox(prepared, self.size).astype(np.float16)
+        tensor = prepare_tensor(load(), self.size, self.method, self.crop_to_body)
         buf = io.BytesIO()
         np.save(buf, tensor, allow_pickle=False)
         write_atomic(path, buf.getvalue())

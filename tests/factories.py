@@ -252,3 +252,28 @@ def run_job(db, kind: str, **params):
     from backend.jobs import enqueue, execute
 
     return execute(db, enqueue(db, kind, params, send=False).id)
+
+
+def make_sorter_world(db, sizes=(12, 10, 10), regions=("knee", "hand", "chest"), *, epochs: int = 3,
+                      folds: int = 0, **params) -> dict:
+    """Images named by cluster decisions (a radiologist "rad" names cluster j as regions[j]) and
+    a real sorter trained on them by the "train_sorter" job (tiny: random init, a few epochs),
+    with its predictions stored. Returns {"run", "clusters", "ids" (per region), "labels",
+    "user", "job" (the finished Job), "model_version" (id or None)}."""
+    from sqlalchemy import select
+
+    from backend.decisions import decide
+    from backend.models import Cluster, ClusterMembership, Label
+
+    run_id = make_cluster_run(db, sizes=sizes, regions=regions)
+    user = make_user(db, "rad", "radiologist")
+    with db.session() as s:
+        clusters = list(s.scalars(select(Cluster.id).where(Cluster.run_id == run_id).order_by(Cluster.index)))
+        labels = {lab.name: lab.id for lab in s.scalars(select(Label).where(Label.kind == "region"))}
+        ids = {r: list(s.scalars(select(ClusterMembership.image_id).where(ClusterMembership.cluster_id == c)
+                                 .order_by(ClusterMembership.image_id))) for r, c in zip(regions, clusters)}
+    for region, cid in zip(regions, clusters):
+        decide(db, "name", cid, user, label_id=labels[region])
+    job = run_job(db, "train_sorter", epochs=epochs, folds=folds, min_per_class=2, init="none", **params)
+    return {"run": run_id, "clusters": clusters, "ids": ids, "labels": labels, "user": user, "job": job,
+            "model_version": (job.result or {}).get("model_version_id")}

@@ -5,6 +5,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
@@ -28,7 +29,8 @@ def test_migrations_downgrade_and_upgrade_again(db):
     db.upgrade()
     db.upgrade()  # idempotent
     with db.engine.connect() as conn:
-        assert MigrationContext.configure(conn).get_current_revision() == "0001"
+        head = ScriptDirectory.from_config(alembic_config(db.engine)).get_current_head()
+        assert head == "0002" and MigrationContext.configure(conn).get_current_revision() == head
 
 
 def test_vocabulary_is_seeded_once(db):

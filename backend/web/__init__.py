@@ -30,7 +30,7 @@ def session_key(settings: Settings) -> str:
 
 
 def create_app(settings: Settings, *, testing: bool = False) -> Flask:
-    from backend.web import auth, clusters, images, runs, vocabulary
+    from backend.web import auth, clusters, images, runs, sorter, vocabulary
 
     app = Flask(__name__)
     app.config.update(
@@ -51,7 +51,7 @@ def create_app(settings: Settings, *, testing: bool = False) -> Flask:
     auth.login_manager.init_app(app)
     auth.login_manager.login_view = "auth.login"
     app.before_request(auth.require_login_everywhere)
-    for module in (auth, clusters, images, runs, vocabulary):
+    for module in (auth, clusters, images, runs, sorter, vocabulary):
         app.register_blueprint(module.bp)
     _register_errors(app)
 

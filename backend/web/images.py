@@ -14,6 +14,7 @@ import numpy as np
 from flask import Blueprint, Response, abort, render_template, request, send_file
 
 from backend.image_store import load_pixels
+from backend.review import image_sorter
 from backend.web import queries
 from backend.web.auth import requires
 from backend.web.common import float_arg, get_db, get_settings, int_arg
@@ -72,8 +73,9 @@ def _image_or_404(s, image_id: int):
 def image_page(image_id: int):
     with get_db().session() as s:
         img = _image_or_404(s, image_id)
+        sorter = image_sorter(s, image_id)
         return render_template("image.html", image=img, history=queries.image_provenance(s, image_id),
-                               clusters=queries.image_clusters(s, image_id))
+                               clusters=queries.image_clusters(s, image_id), sorter=sorter)
 
 
 @bp.route("/images/<int:image_id>/thumbnail")

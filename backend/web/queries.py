@@ -13,7 +13,7 @@ from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
 from backend.config import Settings
-from backend.models import Cluster, ClusterMembership, ClusterRun, Image, Label, User, WeakLabel
+from backend.models import Cluster, ClusterMembership, ClusterRun, Image, Label, ModelVersion, User, WeakLabel
 
 HIDDEN = ("merged", "split")  # history, not cards
 SORTS = ("unnamed", "size", "uncertainty", "index")
@@ -150,15 +150,18 @@ def umap_points(settings: Settings, s: Session, run_id: int) -> dict[str, Any]:
 
 
 def image_provenance(s: Session, image_id: int) -> list[dict]:
-    """Every weak label the image ever had, newest first: what, from where, by whom, when."""
-    rows = s.execute(select(WeakLabel, Label.name, User.username)
+    """Every weak label the image ever had, newest first: what, from where (for an accepted
+    prediction: which sorter version, how confident), by whom, when."""
+    rows = s.execute(select(WeakLabel, Label.name, User.username, ModelVersion.version)
                      .outerjoin(Label, Label.id == WeakLabel.label_id)
                      .outerjoin(User, User.id == WeakLabel.user_id)
+                     .outerjoin(ModelVersion, ModelVersion.id == WeakLabel.model_version_id)
                      .where(WeakLabel.image_id == image_id).order_by(WeakLabel.id.desc()))
     return [{"label": name if w.label_id is not None else "discarded (non-MSK)", "source": getattr(w.source, "value", w.source),
              "user": username, "decision_id": w.decision_id, "created_at": w.created_at,
-             "superseded_at": w.superseded_at, "current": w.superseded_at is None}
-            for w, name, username in rows]
+             "superseded_at": w.superseded_at, "current": w.superseded_at is None,
+             "model_version": version, "confidence": w.confidence}
+            for w, name, username, version in rows]
 
 
 def image_clusters(s: Session, image_id: int) -> list[dict]:
