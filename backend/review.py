@@ -4,7 +4,7 @@ Cluster names label hundreds of images at once, so some of them are wrong; the s
 on all of them, points at the likely mistakes (a confident prediction that differs from the
 label) and at the images it cannot place (unsure: out of distribution). Only labels no person
 has confirmed one by one (sources ``cluster`` and ``imported``) are queued: once a radiologist
-corrected or kept a label (``manual``) or accepted a prediction (``sorter``), it stays out.
+corrected, kept or accepted the prediction for a label (all ``manual``), it stays out.
 
 Plain functions over a SQLAlchemy ``Session`` (no Flask), like :mod:`backend.decisions`, whose
 errors (:class:`~backend.decisions.DecisionError` and subclasses) they raise. A correction never
@@ -13,7 +13,6 @@ the client saw, so two radiologists on the same row cannot silently overwrite ea
 """
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections import OrderedDict
 from typing import Any
@@ -197,24 +196,31 @@ _index_cache: OrderedDict[tuple, Any] = OrderedDict()
 _cache_lock = threading.Lock()
 
 
+def _labels_state(s: Session) -> tuple:
+    """Changes whenever any current label does: every change inserts a weak label (a higher id)
+    or supersedes one (superseded_at = now), and undo does both. One aggregate, not every row."""
+    return tuple(s.execute(select(func.count(WeakLabel.id).filter(WeakLabel.superseded_at.is_(None)),
+                                  func.max(WeakLabel.id), func.max(WeakLabel.superseded_at))).one())
+
+
 def _labelled(s: Session) -> tuple[np.ndarray, list[str]]:
     rows = s.execute(select(WeakLabel.image_id, Label.name).join(Label, Label.id == WeakLabel.label_id)
                      .where(WeakLabel.superseded_at.is_(None)).order_by(WeakLabel.image_id)).all()
     return np.array([r[0] for r in rows], dtype=np.int64), [r[1] for r in rows]
 
 
-def _similar_index(settings: Settings, mv: ModelVersion, ids: np.ndarray, names: list[str]):
-    """The index of the labelled images' stored embeddings, cached per (version, current labels):
-    a correction changes the fingerprint, so a neighbour's label is never stale."""
+def _similar_index(settings: Settings, s: Session, mv: ModelVersion):
+    """The index of the labelled images' stored embeddings, cached per (version, state of the
+    labels): a correction changes the state, so a neighbour's label is never stale."""
     from clustering.similar import SimilarCases
 
-    rows_of, emb = stored_embeddings(settings, mv)
-    fingerprint = hashlib.sha1(ids.tobytes() + "\0".join(names).encode()).hexdigest()
-    key = (mv.id, mv.path, fingerprint)
+    key = (mv.id, mv.path, _labels_state(s))
     with _cache_lock:
         if key in _index_cache:
             _index_cache.move_to_end(key)
             return _index_cache[key]
+    rows_of, emb = stored_embeddings(settings, mv)
+    ids, names = _labelled(s)
     keep = [j for j, i in enumerate(ids.tolist()) if i in rows_of]
     if not keep:
         return None
@@ -265,8 +271,7 @@ def similar_cases(settings: Settings, s: Session, image_id: int, k: int = 5) -> 
     if img is None:
         raise NotFound(f"there is no image {image_id}")
     k = max(1, min(int(k), MAX_K))
-    ids, names = _labelled(s)
-    index = _similar_index(settings, mv, ids, names)
+    index = _similar_index(settings, s, mv)
     neighbours = []
     if index is not None:
         found = index.kneighbors(_query_embedding(settings, mv, img)[None], k, exclude_ids=[image_id])

@@ -54,7 +54,10 @@ def write_version(settings: Settings, version: str, model: Sorter, metadata: dic
         (tmp / "report.html").write_text(report_html, encoding="utf-8")
         np.savez(tmp / "embeddings.npz", image_ids=np.asarray(image_ids, np.int64),
                  embeddings=np.asarray(embeddings, np.float32))
-        os.replace(tmp, final) if not final.exists() else _replace_dir(tmp, final)
+        if final.exists():
+            _replace_dir(tmp, final)
+        else:
+            os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -6,13 +6,10 @@ import io
 import re
 
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-pytest.importorskip("matplotlib")
-
-from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from clustering.sorter_report import render_report, write_report  # noqa: E402
+from clustering.sorter_report import render_report, write_report
 
 CLASSES = ["hand", "knee", "<b>&"]
 IMG = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
