@@ -19,6 +19,7 @@ import os
 import shutil
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -130,6 +131,8 @@ def main() -> None:
     accepted = float((pred[~unsure] == truth[~unsure]).mean()) if (~unsure).any() else float("nan")
     print(f"held-out phantoms ({len(rows)}, true regions): top-1 {top1:.4f}, top-2 {top2:.4f}; "
           f"abstained on {unsure.sum()} ({1 - coverage:.1%}), top-1 of the rest {accepted:.4f}")
+    errors = Counter(f"{t}->{p}" for t, p in zip(truth, pred) if t != p)
+    print("held-out errors (true->predicted): " + (", ".join(f"{k} {v}" for k, v in errors.most_common()) or "none"))
 
     # --- the same images, prepared once, through the bare network --------------------------------
     paths = _files(test_dir / "images")
