@@ -7,7 +7,12 @@ DEMO_DIR ?= demo-data
 DEMO_N   ?= 240
 DEMO_EPOCHS ?= 20
 
-.PHONY: demo test venv bench clean chromium
+.PHONY: demo test venv bench clean chromium labelstudio
+
+# Label Studio lives in a virtualenv of its own: it pins many packages that clash with ours.
+LS_VERSION := 1.23.2
+LS_VENV    := .venv-ls
+LS_STAMP   := $(LS_VENV)/.installed-label-studio-$(LS_VERSION)
 
 venv: $(STAMP)
 
@@ -31,7 +36,16 @@ demo: $(STAMP)
 	@echo "thumbnails: $(abspath $(DEMO_DIR))/thumbnails   log: $(abspath $(DEMO_DIR))/logs/samx.log"
 	@echo "name the clusters: $(SAMX) --data-dir $(DEMO_DIR) serve   (log in with the admin account printed by init)"
 
-test: $(STAMP) chromium
+# `samx labelstudio up` starts $(LS_VENV)/bin/label-studio (or SAMX_LABEL_STUDIO_BIN).
+labelstudio: $(LS_STAMP)
+
+$(LS_STAMP):
+	@test -x $(LS_VENV)/bin/python || $(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/pip install --quiet --disable-pip-version-check 'label-studio==$(LS_VERSION)'
+	@rm -f $(LS_VENV)/.installed-*
+	@touch $(LS_STAMP)
+
+test: $(STAMP) chromium $(LS_STAMP)
 	$(VENV)/bin/python -m pytest -q -rs $(PYTEST_ARGS)
 
 # The browser tests drive Debian's headless chromium; install it once if it is missing.

@@ -436,6 +436,87 @@ def train_sorter(settings: Settings, epochs: int, folds: int, min_per_class: int
     click.echo(f"report: {settings.models_dir / 'sorter' / r['version'] / 'report.html'}")
 
 
+@train.command("detector")
+@click.option("--epochs", type=int, help="Default: SAMX_DETECTOR_EPOCHS (20).")
+@click.option("--size", type=int, help="Long side the network sees, a multiple of 32. Default: SAMX_DETECTOR_SIZE (512).")
+@click.option("--arch", type=click.Choice(["mobilenet_v3", "mobilenet_v3_320", "resnet50_fpn", "resnet50_fpn_v2"]),
+              default="mobilenet_v3", show_default=True, help="Faster R-CNN backbone; the ResNet-50 ones want a GPU.")
+@click.option("--batch-size", type=int, default=4, show_default=True)
+@click.option("--lr", type=float, default=0.02, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--background", is_flag=True, help="Queue a job for `samx worker` instead of running here.")
+@pass_settings
+def train_detector(settings: Settings, epochs: int | None, size: int | None, arch: str, batch_size: int, lr: float,
+                   seed: int, background: bool) -> None:
+    """Train the lesion detector and the normal/abnormal classifier on the annotated images.
+
+    Judged on the fixed validation split (mAP@0.5, AUROC; the decision-fusion threshold is
+    Youden's J there), stored as the active version; the ML backend swaps to it, and the
+    unlabelled images are ranked for labeling (pushed to Label Studio when synced)."""
+    db = open_db(settings)
+    params = {"epochs": epochs, "size": size, "arch": arch, "batch_size": batch_size, "lr": lr, "seed": seed,
+              "reason": "samx train detector"}
+    r = _run_job(db, "train_detector", params, background, unit="%")
+    if r is None:
+        return
+    m = "n/a (no validation images yet)" if r.get("map50") is None else f"{r['map50']:.3f}"
+    click.echo(f"detector {r['version']} on {r['images']} images ({r['validation_images']} for validation): "
+               f"mAP@0.5 {m}, fusion threshold {r['fusion_threshold']:.3f}; {r['ranked']} unlabelled images ranked")
+
+
+@main.command("eval")
+@click.option("--version", help="A detector version (default: the active one).")
+@click.option("--split", type=click.Choice(["validation", "all"]), default="validation", show_default=True,
+              help="The fixed validation split (never trained on) or every labelled image.")
+@click.option("--out", type=click.Path(file_okay=False), help="Write metrics.json and roc.png here.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_settings
+def eval_(settings: Settings, version: str | None, split: str, out: str | None, as_json: bool) -> None:
+    """Detection and image-level metrics of a detector version, as the papers report them."""
+    from backend.detector_eval import evaluate_version
+
+    try:
+        r = evaluate_version(settings, open_db(settings), version, split=split, out=out)
+    except LookupError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(r, indent=1))
+        return
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    auc, sens, box = r["auroc"], r["sensitivity_at_fpr"], r["box_accuracy"]
+    click.echo(f"detector {r['version']} on {r['n_images']} {split} images ({r['n_abnormal']} abnormal)")
+    click.echo(f"  mAP@0.5 (COCO 101-point): {fmt(r['map50'])}   " + "   ".join(
+        f"AP {c}: {fmt(v)}" for c, v in r["ap50"].items()))
+    click.echo(f"  boxes found at IoU > 0.5: {fmt(box.get('accuracy'))}, mean IoU {fmt(box.get('mean_iou'))}")
+    click.echo(f"  AUROC {fmt(auc.get('auroc'))} (95% CI {_ci(auc.get('ci95'))}); sensitivity at "
+               f"{100 * sens.get('fpr', 0.015):.1f}% FPR {fmt(sens.get('sensitivity'))} (95% CI {_ci(sens.get('ci95'))})")
+    if out:
+        click.echo(f"  written: {Path(out) / 'metrics.json'}" + (f", {r['roc_png']}" if r.get("roc_png") else ""))
+
+
+def _ci(ci) -> str:
+    return "n/a" if not ci or ci[0] is None else f"{ci[0]:.3f}-{ci[1]:.3f}"
+
+
+@main.command("ml-backend")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=9090, show_default=True)
+@pass_settings
+def ml_backend(settings: Settings, host: str, port: int) -> None:
+    """Serve Label Studio's ML-backend protocol: pre-annotations from the active detector
+    (swapped in when a new version is complete), webhook events into the database, retrains
+    queued for `samx worker`. Basic auth: the pair in DATA_DIR/ml-backend/credentials.json
+    (or SAMX_ML_BACKEND_USER / SAMX_ML_BACKEND_PASSWORD)."""
+    from backend.ml_backend_auth import credentials
+    from backend.ml_service import serve
+
+    open_db(settings)
+    user, _ = credentials(settings)
+    click.echo(f"ML backend on http://{host}:{port} (basic auth user {user!r}); connect it with "
+               f"`samx labelstudio sync --ml-backend-url http://{host}:{port}`", err=True)
+    serve(settings, host, port)
+
+
 @main.command()
 @click.option("--background", is_flag=True, help="Queue a job for `samx worker` instead of running here.")
 @pass_settings
@@ -522,6 +603,115 @@ def users_add(settings: Settings, username: str, role: str, password: str) -> No
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"user {username} ({role}) created")
+
+
+@main.group()
+def labelstudio() -> None:
+    """Label Studio for lesion boxes: up, down, status, sync."""
+
+
+@labelstudio.command("up")
+@click.option("--timeout", type=float, default=300, show_default=True,
+              help="Seconds to wait for it to answer (the first start creates its database).")
+@pass_settings
+def labelstudio_up(settings: Settings, timeout: float) -> None:
+    """Start Label Studio in the background (its data in DATA_DIR/labelstudio, its own SQLite
+    database, log in DATA_DIR/logs/labelstudio.log) and wait until it answers. Running
+    already: nothing happens. The admin account is generated once (DATA_DIR/labelstudio/
+    credentials.json) unless SAMX_LABEL_STUDIO_USERNAME/PASSWORD/TOKEN are set."""
+    from backend.labelstudio.server import LabelStudioError, credentials_file, up
+
+    settings.ensure_dirs()
+    try:
+        r = up(settings, timeout=timeout, echo=lambda msg: click.echo(msg, err=True))
+    except LabelStudioError as exc:
+        raise click.ClickException(str(exc)) from None
+    if r.started:
+        click.echo(f"Label Studio is up on {r.url} (pid {r.pid}, ready in {r.seconds:.0f} s)")
+    else:
+        click.echo(f"Label Studio is already running on {r.url}" + (f" (pid {r.pid})" if r.pid else ""))
+    if r.username and not settings.label_studio_password:
+        click.echo(f"log in as {r.username}; password and API token in {credentials_file(settings)}")
+    click.echo("next: `samx labelstudio sync` creates the lesion project and imports the images")
+
+
+@labelstudio.command("down")
+@pass_settings
+def labelstudio_down(settings: Settings) -> None:
+    """Stop the Label Studio that `samx labelstudio up` started."""
+    from backend.labelstudio.server import down
+
+    pid = down(settings)
+    click.echo(f"Label Studio (pid {pid}) stopped" if pid else "Label Studio was not running")
+
+
+@labelstudio.command("status")
+@pass_settings
+def labelstudio_status(settings: Settings) -> None:
+    """Whether Label Studio runs, where, and the lesion project samx synced last."""
+    from backend.labelstudio.server import log_file, status
+    from backend.labelstudio.sync import load_state
+
+    st = status(settings)
+    if st.external:
+        click.echo(f"external Label Studio {st.url}: {'up' if st.healthy else 'NOT answering'}")
+    elif st.pid is None:
+        click.echo(f"Label Studio is not running (start it with `samx labelstudio up`); log: {log_file(settings)}")
+    else:
+        click.echo(f"Label Studio pid {st.pid} on {st.url}: {'healthy' if st.healthy else 'NOT answering /health'}")
+    state = load_state(settings)
+    if state.get("project_id"):
+        click.echo(f"project {state['project_id']} ({state.get('title')}): {len(state.get('tasks', {}))} samx images "
+                   f"as tasks at the last sync; {state.get('url')}/projects/{state['project_id']}/data")
+    if not st.running:
+        sys.exit(1)
+
+
+@labelstudio.command("sync")
+@click.option("--classes", help="Lesion classes, comma-separated, or a preset: vindr-spinexr, bone-tumour "
+                                "(default: SAMX_LESION_CLASSES, else the vocabulary's lesion labels).")
+@click.option("--ml-backend-url", envvar="SAMX_ML_BACKEND_URL",
+              help="Connect this ML backend (e.g. http://127.0.0.1:9090) and its /webhook to the project.")
+@click.option("--ml-backend-user", envvar="SAMX_ML_BACKEND_USER",
+              help="Basic-auth user of the ML backend (default: the pair it generated in DATA_DIR/ml-backend).")
+@click.option("--ml-backend-password", envvar="SAMX_ML_BACKEND_PASSWORD", help="Its password.")
+@click.option("--title", default=None, help="Project title (default: samx lesions).")
+@click.option("--batch-size", type=int, default=500, show_default=True, help="Tasks per import request.")
+@click.option("--workers", type=int, default=None, help="Threads that write the display images.")
+@pass_settings
+def labelstudio_sync(settings: Settings, classes: str | None, ml_backend_url: str | None,
+                     ml_backend_user: str | None, ml_backend_password: str | None, title: str | None,
+                     batch_size: int, workers: int | None) -> None:
+    """Create or update the lesion project in Label Studio and import every image not yet there
+    as a task (display rendition: 8-bit, foreground-equalised, full resolution). Re-running adds
+    only what is missing."""
+    from backend.labelstudio.config import PROJECT_TITLE
+    from backend.labelstudio.server import LabelStudioError
+    from backend.labelstudio.sync import sync
+
+    db = open_db(settings)
+    with tqdm(desc="tasks", unit="img", disable=None) as bar:
+        def on_progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        try:
+            auth = (ml_backend_user, ml_backend_password) if ml_backend_user and ml_backend_password else None
+            r = sync(db, classes=classes, ml_backend_url=ml_backend_url, ml_backend_auth=auth, title=title or PROJECT_TITLE,
+                     batch_size=batch_size, workers=workers, progress=on_progress)
+        except (LabelStudioError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from None
+    click.echo(f"project {r.project_id} '{r.title}' ({'created' if r.created_project else 'config updated' if r.config_updated else 'unchanged'}): "
+               f"{r.project_url}")
+    click.echo(f"lesion classes: {', '.join(r.lesion_classes)}")
+    click.echo(f"{r.images} images: {r.imported} imported as tasks, {r.skipped} already there"
+               + (f"; {r.discarded} discarded (not MSK) left out" if r.discarded else "")
+               + f"; {r.tasks_in_project} tasks in the project ({r.seconds:.1f} s)")
+    if r.ml_backend_url:
+        if r.ml_error:
+            raise click.ClickException(f"ML backend not connected: {r.ml_error}")
+        click.echo(f"ML backend {r.ml_backend_url} (id {r.ml_backend_id}) {'connected' if r.ml_backend_created else 'already connected'}"
+                   + ("; webhook added" if r.webhook_created else ""))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,6 +10,22 @@ from pathlib import Path
 DEFAULT_DATA_DIR = "samx-data"
 
 
+def _int_env(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    try:
+        return int(raw) if raw else default
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number, got {raw!r}") from None
+
+
+def _float_env(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    try:
+        return float(raw) if raw else default
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+
+
 @dataclass(frozen=True)
 class Settings:
     """One object passed down explicitly; nothing reads the environment behind its back."""
@@ -20,6 +36,27 @@ class Settings:
     #: Weak labels corrected (review queue, single-image moves) since the active sorter was
     #: trained that start a background retrain; 0 turns the loop off.
     sorter_retrain_after: int = 50
+    #: Label Studio annotations synced since the last detector training that queue the next
+    #: one (the ML backend's webhook); 0: only Label Studio's "Start training" does.
+    detector_retrain_after: int = 20
+    #: What a detector training the loop queues uses unless the job says otherwise (CPU: small).
+    detector_epochs: int = 20
+    detector_size: int = 512
+    #: Boxes scoring below this (after decision fusion) are not offered as pre-annotations.
+    detector_min_score: float = 0.2
+    # Label Studio (backend/labelstudio/): the one `samx labelstudio up` starts, or an external one.
+    label_studio_host: str = "127.0.0.1"  # interface it listens on
+    label_studio_port: int = 8080
+    label_studio_bin: str | None = None  # default: <repo>/.venv-ls/bin/label-studio, then PATH
+    #: An already running Label Studio (e.g. docker-compose on PostgreSQL) instead of our own;
+    #: its token then comes from SAMX_LABEL_STUDIO_TOKEN.
+    label_studio_url: str | None = None
+    label_studio_username: str | None = None  # default: generated once, DATA_DIR/labelstudio/credentials.json
+    label_studio_password: str | None = None
+    label_studio_token: str | None = None
+    ml_backend_url: str | None = None  # e.g. http://127.0.0.1:9090 (the samx ML backend)
+    #: Lesion classes boxed in Label Studio; empty: the active lesion labels of the vocabulary.
+    lesion_classes: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, data_dir: str | Path | None = None) -> "Settings":
@@ -30,12 +67,24 @@ class Settings:
         elif db.startswith("postgresql://"):
             db = "postgresql+psycopg://" + db[len("postgresql://") :]
         queue = os.environ.get("SAMX_QUEUE") or os.environ.get("REDIS_URL") or "sqlite"
-        retrain = os.environ.get("SAMX_SORTER_RETRAIN_AFTER", "").strip()
-        try:
-            retrain_after = int(retrain) if retrain else 50
-        except ValueError:
-            raise ValueError(f"SAMX_SORTER_RETRAIN_AFTER must be a whole number, got {retrain!r}") from None
-        return cls(data_dir=root, database_url=db, queue_url=queue, sorter_retrain_after=max(0, retrain_after))
+        def env(name: str) -> str | None:
+            return os.environ.get(name, "").strip() or None
+
+        return cls(data_dir=root, database_url=db, queue_url=queue,
+                   sorter_retrain_after=max(0, _int_env("SAMX_SORTER_RETRAIN_AFTER", 50)),
+                   detector_retrain_after=max(0, _int_env("SAMX_DETECTOR_RETRAIN_AFTER", 20)),
+                   detector_epochs=_int_env("SAMX_DETECTOR_EPOCHS", 20),
+                   detector_size=_int_env("SAMX_DETECTOR_SIZE", 512),
+                   detector_min_score=_float_env("SAMX_DETECTOR_MIN_SCORE", 0.2),
+                   label_studio_host=env("SAMX_LABEL_STUDIO_HOST") or "127.0.0.1",
+                   label_studio_port=_int_env("SAMX_LABEL_STUDIO_PORT", 8080),
+                   label_studio_bin=env("SAMX_LABEL_STUDIO_BIN"),
+                   label_studio_url=env("SAMX_LABEL_STUDIO_URL"),
+                   label_studio_username=env("SAMX_LABEL_STUDIO_USERNAME"),
+                   label_studio_password=env("SAMX_LABEL_STUDIO_PASSWORD"),
+                   label_studio_token=env("SAMX_LABEL_STUDIO_TOKEN"),
+                   ml_backend_url=env("SAMX_ML_BACKEND_URL"),
+                   lesion_classes=tuple(c.strip() for c in (env("SAMX_LESION_CLASSES") or "").split(",") if c.strip()))
 
     # Layout of the data directory: one place to change it.
     @property
@@ -58,6 +107,11 @@ class Settings:
     @property
     def logs_dir(self) -> Path:
         return self.data_dir / "logs"
+
+    @property
+    def labelstudio_dir(self) -> Path:
+        """Label Studio's own data (its SQLite database, media) and samx's state about it."""
+        return self.data_dir / "labelstudio"
 
     @property
     def queue_file(self) -> Path:

@@ -268,6 +268,32 @@ class SorterPrediction(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class Annotation(Base):
+    """One annotation of one image in Label Studio, as its last webhook described it: the
+    image-level answers here, its boxes as Box rows pointing back. A deleted or skipped
+    annotation stays, marked, so a late duplicate event cannot bring it back; an image with a
+    live annotation and no boxes is a labelled normal image, which detector training needs."""
+
+    __tablename__ = "annotations"
+    __table_args__ = (UniqueConstraint("source", "external_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    source: Mapped[str] = mapped_column(String(32), default="labelstudio")
+    external_id: Mapped[str] = mapped_column(String(128))  # Label Studio annotation id
+    task_external_id: Mapped[str | None] = mapped_column(String(128))
+    annotator: Mapped[str | None] = mapped_column(String(255))  # Label Studio's completed_by
+    abnormal: Mapped[bool | None]  # the image-level choice; None: not answered
+    region_label_id: Mapped[int | None] = mapped_column(ForeignKey("labels.id", ondelete="RESTRICT"))
+    cancelled: Mapped[bool] = mapped_column(default=False)  # skipped in Label Studio
+    external_updated_at: Mapped[str | None] = mapped_column(String(64))  # orders late events
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    boxes: Mapped[list["Box"]] = relationship(back_populates="annotation", passive_deletes=True)
+
+
 class Box(Base):
     """A lesion box in float pixels of the original image, top-left origin, [x, y, w, h]."""
 
@@ -285,10 +311,12 @@ class Box(Base):
     model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id", ondelete="SET NULL"))
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     external_id: Mapped[str | None] = mapped_column(String(128), index=True)  # e.g. Label Studio result id
+    annotation_id: Mapped[int | None] = mapped_column(ForeignKey("annotations.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 
     image: Mapped[Image] = relationship(back_populates="boxes")
+    annotation: Mapped[Annotation | None] = relationship(back_populates="boxes")
 
 
 class Job(Base):

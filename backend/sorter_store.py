@@ -1,79 +1,47 @@
-"""Sorter versions in the model store: ``models/sorter/<version>/`` holds ``model.pt``,
-``metadata.json`` (training data hash, metrics, config), ``report.html`` and ``embeddings.npz``
-(the sorter's embedding of every image it predicted, for similar cases).
-
-A version folder is built under a temporary name and renamed into place, and its database row
-is written after that: a crash never leaves a half-written model for anyone to load."""
+"""Sorter versions in the model store (backend/model_store.py): ``models/sorter/<version>/``
+holds ``model.pt``, ``metadata.json`` (training data hash, metrics, config), ``report.html`` and
+``embeddings.npz`` (the sorter's embedding of every image it predicted, for similar cases)."""
 from __future__ import annotations
 
-import json
-import os
-import shutil
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from backend import model_store
 from backend.config import Settings
+from backend.model_store import ACTIVE, REJECTED, RETIRED  # noqa: F401  (the statuses, re-exported)
 from backend.models import ModelVersion
 from clustering.sorter import Sorter
 
 KIND = "sorter"
-ACTIVE, REJECTED, RETIRED = "active", "rejected", "retired"
 
 
 def version_dir(settings: Settings, version: str) -> Path:
-    return settings.models_dir / KIND / version
+    return model_store.version_dir(settings, KIND, version)
 
 
 def active_version(s: Session) -> ModelVersion | None:
     """The sorter that predicts and that the web UI shows: the newest promoted version."""
-    return s.scalar(select(ModelVersion).where(ModelVersion.kind == KIND, ModelVersion.status == ACTIVE)
-                    .order_by(ModelVersion.id.desc()).limit(1))
+    return model_store.active_version(s, KIND)
 
 
 def find_version(s: Session, version: str | None) -> ModelVersion | None:
     """A version by name (any status), or the active one when ``version`` is None."""
-    if version is None:
-        return active_version(s)
-    return s.scalar(select(ModelVersion).where(ModelVersion.kind == KIND, ModelVersion.version == version))
+    return model_store.find_version(s, KIND, version)
 
 
 def write_version(settings: Settings, version: str, model: Sorter, metadata: dict, report_html: str,
                   image_ids: np.ndarray, embeddings: np.ndarray) -> Path:
-    """Build the version folder next to its final place, then rename it in (atomic on one file system)."""
-    final = version_dir(settings, version)
-    tmp = final.with_name(f".tmp-{version}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    def fill(tmp: Path) -> None:
         model.save(tmp / "model.pt")
-        (tmp / "metadata.json").write_text(json.dumps(metadata, indent=1, allow_nan=False, default=_json_default))
+        model_store.write_json(tmp / "metadata.json", metadata)
         (tmp / "report.html").write_text(report_html, encoding="utf-8")
         np.savez(tmp / "embeddings.npz", image_ids=np.asarray(image_ids, np.int64),
                  embeddings=np.asarray(embeddings, np.float32))
-        if final.exists():
-            _replace_dir(tmp, final)
-        else:
-            os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final / "model.pt"
 
-
-def _replace_dir(tmp: Path, final: Path) -> None:
-    # Only a retried job writes a version name twice; its earlier folder has no database row.
-    shutil.rmtree(final)
-    os.replace(tmp, final)
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+    return model_store.write_version_dir(settings, KIND, version, fill) / "model.pt"
 
 
 @lru_cache(maxsize=4)

@@ -50,3 +50,10 @@ def predict_job(ctx: JobContext) -> dict:
     from backend.sorter_job import run_predict_job
 
     return run_predict_job(ctx)
+
+
+@job_kind("train_detector")
+def train_detector_job(ctx: JobContext) -> dict:
+    from backend.detector_job import run_train_detector_job
+
+    return run_train_detector_job(ctx)

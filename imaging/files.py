@@ -23,3 +23,21 @@ def write_atomic(path: str | Path, data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def create_private_json(path: str | Path, data: dict) -> None:
+    """Write ``data`` as JSON to ``path``, readable by the owner only, unless ``path`` exists:
+    concurrent first callers agree on one file (secrets generated once: credentials, tokens)."""
+    import json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # 0600
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1)
+        os.link(tmp, path)  # fails if it exists: the first writer wins
+    except FileExistsError:
+        pass
+    finally:
+        os.unlink(tmp)

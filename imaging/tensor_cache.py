@@ -31,24 +31,32 @@ def letterbox(img: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
-def prepare_tensor(img: np.ndarray, size: int, method: str = "fhe", crop_to_body: bool = True) -> np.ndarray:
-    """A [0, 1] float image -> the float16 (size, size) input the networks see."""
+def prepare_tensor(img: np.ndarray, size: int, method: str = "fhe", crop_to_body: bool = True,
+                   square: bool = True) -> np.ndarray:
+    """A [0, 1] float image -> the float16 input the networks see: (size, size) letterboxed, or
+    with ``square=False`` long side = ``size``, aspect kept (the detector: boxes scale by one factor)."""
     prepared = body_crop(img, method) if crop_to_body else enhance(img, method)
+    if not square:
+        return resize_long_side(prepared.astype(np.float32, copy=False), size).astype(np.float16)
     return letterbox(prepared, size).astype(np.float16)
 
 
 class TensorCache:
     """``root/<method>_<size>/<key[:2]>/<key>.npy``, read back memory-mapped."""
 
-    def __init__(self, root: str | Path, size: int = 256, method: str = "fhe", crop_to_body: bool = False):
-        """``crop_to_body``: the input the clustering and sorting networks see (imaging.body_crop)."""
+    def __init__(self, root: str | Path, size: int = 256, method: str = "fhe", crop_to_body: bool = False,
+                 square: bool = True):
+        """``crop_to_body``: the input the clustering and sorting networks see (imaging.body_crop);
+        ``square=False``: whole images, long side ``size`` (the detector's input)."""
         if method not in ENHANCERS:
             raise ValueError(f"unknown enhancement {method!r}; choose from {sorted(ENHANCERS)}")
         self.root = Path(root)
         self.size = size
         self.method = method
         self.crop_to_body = crop_to_body
-        self.dir = self.root / (f"{method}_body_{size}" if crop_to_body else f"{method}_{size}")
+        self.square = square
+        name = f"{method}_body_{size}" if crop_to_body else f"{method}_{size}"
+        self.dir = self.root / (name if square else f"{name}_fit")
 
     def path(self, key: str) -> Path:
         if not _KEY.fullmatch(key):  # keys become file names: no separators, no surprises
@@ -66,7 +74,7 @@ class TensorCache:
                 return np.load(path, mmap_mode="r")
             except (ValueError, OSError):
                 pass  # unreadable entry (e.g. disk trouble): recompute and overwrite it
-        tensor = prepare_tensor(load(), self.size, self.method, self.crop_to_body)
+        tensor = prepare_tensor(load(), self.size, self.method, self.crop_to_body, self.square)
         buf = io.BytesIO()
         np.save(buf, tensor, allow_pickle=False)
         write_atomic(path, buf.getvalue())

@@ -13,6 +13,8 @@ from backend.db import Database
 PG_ADMIN_URL = os.environ.get("SAMX_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("SAMX_TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
 
+pytest_plugins = ["tests.labelstudio_fixtures", "tests.browser_fixtures"]
+
 
 def _unavailable(what: str, exc: Exception):
     """On CI a missing server is a failure; on a laptop without it, a visible skip."""

@@ -277,3 +277,19 @@ def make_sorter_world(db, sizes=(12, 10, 10), regions=("knee", "hand", "chest"),
     job = run_job(db, "train_sorter", epochs=epochs, folds=folds, min_per_class=2, init="none", **params)
     return {"run": run_id, "clusters": clusters, "ids": ids, "labels": labels, "user": user, "job": job,
             "model_version": (job.result or {}).get("model_version_id")}
+
+
+def ls_box_results(boxes, width: int, height: int, abnormal: bool | None = None) -> list[dict]:
+    """A Label Studio annotation's ``result``: (label, (x0, y0, x1, y1) pixels) boxes in percent
+    of the image, and optionally the normal/abnormal choice."""
+    from backend.labelstudio.config import ABNORMAL, ABNORMAL_FROM_NAME, IMAGE_TO_NAME, LESION_FROM_NAME, NORMAL
+
+    result = [{"id": f"r{k}", "from_name": LESION_FROM_NAME, "to_name": IMAGE_TO_NAME, "type": "rectanglelabels",
+               "original_width": width, "original_height": height,
+               "value": {"x": 100 * x0 / width, "y": 100 * y0 / height, "width": 100 * (x1 - x0) / width,
+                         "height": 100 * (y1 - y0) / height, "rotation": 0, "rectanglelabels": [label]}}
+              for k, (label, (x0, y0, x1, y1)) in enumerate(boxes)]
+    if abnormal is not None:
+        result.append({"id": "c", "from_name": ABNORMAL_FROM_NAME, "to_name": IMAGE_TO_NAME, "type": "choices",
+                       "value": {"choices": [ABNORMAL if abnormal else NORMAL]}})
+    return result

@@ -23,7 +23,8 @@ from backend.review import review_queue
 from backend.sorter_store import stored_embeddings
 from backend.web import create_app
 from tests.factories import make_cluster_run, make_sorter_world, make_user
-from tests.test_browser import ARTIFACTS, by_id, chrome, login, wait  # noqa: F401  (chrome is a fixture)
+from tests.browser_fixtures import ARTIFACTS
+from tests.test_browser import by_id, login, wait
 from tests.test_web import Browser
 
 ROW = re.compile(r'class="review-row" id="row-(\d+)"')

@@ -1,0 +1,45 @@
+"""Detector versions in the model store (backend/model_store.py): ``models/detector/<version>/``
+holds ``detector.pt``, ``classifier.pt`` (the image-level normal/abnormal classifier, when the
+training data had both), ``metadata.json`` (classes, config, fusion threshold, metrics, data
+hash), ``roc.png`` and ``ranking.json`` (the active-learning order it left behind)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from backend import model_store
+from backend.config import Settings
+from backend.models import ModelVersion
+from ml_backend.abnormality import AbnormalityClassifier
+from ml_backend.detector import LesionDetector
+
+KIND = "detector"
+
+
+@dataclass(frozen=True)
+class DetectorVersion:
+    version: str
+    detector: LesionDetector
+    classifier: AbnormalityClassifier | None
+    threshold: float  # decision fusion: c* by Youden's J on the validation split
+    meta: dict
+
+
+def active_version(s: Session) -> ModelVersion | None:
+    return model_store.active_version(s, KIND)
+
+
+def find_version(s: Session, version: str | None) -> ModelVersion | None:
+    """A version by name (any status), or the active one when ``version`` is None."""
+    return model_store.find_version(s, KIND, version)
+
+
+def load_version(settings: Settings, version: str) -> DetectorVersion:
+    folder = model_store.version_dir(settings, KIND, version)
+    meta = json.loads((folder / "metadata.json").read_text())
+    clf = folder / "classifier.pt"
+    return DetectorVersion(version, LesionDetector.load(folder / "detector.pt"),
+                           AbnormalityClassifier.load(clf) if clf.is_file() else None,
+                           float(meta.get("fusion_threshold", 0.5)), meta)

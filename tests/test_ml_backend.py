@@ -1,0 +1,285 @@
+"""The ML backend behind Label Studio, without Label Studio: webhook events into our database,
+the retrain trigger, the "train_detector" job, the hot-swapped model and the HTTP protocol with
+its error answers. (tests/test_labelstudio_e2e.py runs the same against a real Label Studio.)"""
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import delete, func, select
+
+from backend.detector_data import labelled_images
+from backend.detector_retrain import maybe_retrain
+from backend.ingest import ingest_paths
+from backend.labelstudio.annotations import apply_event
+from backend.labelstudio.config import IMAGE_TO_NAME, LESION_FROM_NAME
+from backend.labelstudio.server import files_root
+from backend.ml_service import NO_MODEL, SamxBackend, credentials
+from backend.models import Annotation, Box, Image, Job, JobStatus, ModelVersion
+from imaging.phantoms import generate_phantoms
+from ml_backend.server import create_app
+from tests.conftest import make_settings
+from tests.factories import ls_box_results, run_job
+
+pytestmark = pytest.mark.slow
+
+
+def ls_event(action: str, ann_id: int, image_id: int, width: int, height: int, boxes=(), *, abnormal=None,
+             updated_at: str = "2026-11-23T10:00:00.000000Z", task_id: int | None = None) -> dict:
+    """What Label Studio 1.23 posts for one annotation: boxes in percent of the image."""
+    result = ls_box_results(boxes, width, height, abnormal)
+    return {"action": action, "annotation": {"id": ann_id, "result": result, "completed_by": 1, "was_cancelled": False,
+                                             "updated_at": updated_at, "task": task_id or 1000 + image_id},
+            "task": {"id": task_id or 1000 + image_id, "data": {"samx_image_id": image_id}}}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from backend.db import Database
+
+    root = tmp_path_factory.mktemp("mlb")
+    truth = generate_phantoms(root / "ph", 14, seed=5, fmt="png", size=256, lesion_rate=0.9,
+                              regions=("knee", "hand"), workers=1)
+    settings = dataclasses.replace(make_settings(root / "data"), detector_min_score=0.0)  # tiny model: show all boxes
+    db = Database(settings)
+    db.upgrade()
+    db.seed_vocabulary()
+    summary = ingest_paths(db, [root / "ph" / "images"], workers=1)
+    images = []
+    for e in truth["images"]:
+        image_id = summary.image_ids[str(root / "ph" / e["file"])]
+        with db.session() as s:
+            img = s.get(Image, image_id)
+            images.append({"id": image_id, "w": img.columns, "h": img.rows,
+                           "boxes": [(les["label"], les["box"]) for les in e["lesions"]]})
+    return {"settings": settings, "db": db, "images": images}
+
+
+def test_annotation_events_land_as_boxes_in_pixels_with_their_answers(world):
+    db, im = world["db"], world["images"][0]
+    boxes = im["boxes"] or [("benign", (10.0, 12.0, 40.0, 30.0))]
+    res = apply_event(db, "ANNOTATION_CREATED", ls_event("ANNOTATION_CREATED", 9001, im["id"], im["w"], im["h"],
+                                                         boxes, abnormal=True))
+    assert res.errors == [] and len(res.upserted) == 1 and res.boxes == len(boxes)
+    with db.session() as s:
+        ann = s.scalar(select(Annotation).where(Annotation.external_id == "9001"))
+        got = sorted((b.x, b.y, b.x + b.width, b.y + b.height) for b in ann.boxes)
+        assert ann.abnormal is True and ann.image_id == im["id"] and ann.task_external_id == str(1000 + im["id"])
+    np.testing.assert_allclose(got, sorted(b for _, b in boxes), atol=1e-3)
+
+    # an update replaces the boxes; an older (late) event changes nothing; a delete is final
+    apply_event(db, "ANNOTATION_UPDATED", ls_event("ANNOTATION_UPDATED", 9001, im["id"], im["w"], im["h"],
+                                                   [("malignant", (1, 2, 21, 32))], updated_at="2026-11-23T11:00:00Z"))
+    late = apply_event(db, "ANNOTATION_UPDATED", ls_event("ANNOTATION_UPDATED", 9001, im["id"], im["w"], im["h"], [],
+                                                          updated_at="2026-11-23T10:30:00Z"))
+    assert late.stale == 1
+    with db.session() as s:
+        rows = s.scalars(select(Box).join(Annotation).where(Annotation.external_id == "9001")).all()
+        assert len(rows) == 1 and (rows[0].x, rows[0].y, rows[0].width, rows[0].height) == pytest.approx((1, 2, 20, 30), abs=1e-3)
+    assert apply_event(db, "ANNOTATIONS_DELETED", {"action": "ANNOTATIONS_DELETED", "annotations": [{"id": 9001}]}).deleted == 1
+    again = apply_event(db, "ANNOTATION_UPDATED", ls_event("ANNOTATION_UPDATED", 9001, im["id"], im["w"], im["h"],
+                                                           boxes, updated_at="2026-11-23T12:00:00Z"))
+    assert again.stale == 1
+    with db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Box).join(Annotation)
+                        .where(Annotation.external_id == "9001")) == 0
+        assert all(r.image_id != im["id"] for r in labelled_images(s))
+
+
+def test_a_task_samx_did_not_import_is_an_error_not_a_crash(world):
+    bad = ls_event("ANNOTATION_CREATED", 9100, 1, 10, 10, [])
+    bad["task"]["data"] = {"image": "http://example.org/x.png"}
+    res = apply_event(world["db"], "ANNOTATION_CREATED", bad)
+    assert res.upserted == [] and "no samx_image_id" in res.errors[0]
+    missing = apply_event(world["db"], "ANNOTATION_CREATED", ls_event("ANNOTATION_CREATED", 9101, 999_999, 10, 10, []))
+    assert "not in this samx database" in missing.errors[0]
+
+
+def test_rotated_box_is_stored_as_its_axis_aligned_bounds(world):
+    db, im = world["db"], world["images"][1]
+    ev = ls_event("ANNOTATION_CREATED", 9200, im["id"], im["w"], im["h"], [("benign", (50, 50, 70, 60))])
+    ev["annotation"]["result"][0]["value"]["rotation"] = 90
+    apply_event(db, "ANNOTATION_CREATED", ev)
+    with db.session() as s:
+        (b,) = s.scalars(select(Box).join(Annotation).where(Annotation.external_id == "9200")).all()
+        # 20 x 10 turned 90 degrees clockwise about its top-left corner (50, 50): x 40..50, y 50..70
+        assert (b.x, b.y, b.width, b.height) == pytest.approx((40, 50, 10, 20), abs=1e-3)
+    apply_event(db, "ANNOTATIONS_DELETED", {"action": "ANNOTATIONS_DELETED", "annotations": [{"id": 9200}]})
+
+
+@pytest.fixture(scope="module")
+def trained(world):
+    """Annotations for 10 images (their true boxes), then one real train_detector job."""
+    db = world["db"]
+    for k, im in enumerate(world["images"][2:12]):
+        apply_event(db, "ANNOTATION_CREATED", ls_event("ANNOTATION_CREATED", 100 + k, im["id"], im["w"], im["h"],
+                                                       im["boxes"]))
+    job = run_job(db, "train_detector", epochs=2, size=128, classifier_epochs=2, min_images=4, rank_batch=2)
+    assert job.status == JobStatus.succeeded, job.error
+    return job
+
+
+def test_retrain_is_queued_once_after_n_annotations_and_not_again_while_pending(tmp_path, world):
+    from backend.db import Database
+
+    settings = dataclasses.replace(make_settings(tmp_path / "data"), detector_retrain_after=3)
+    db = Database(settings)
+    db.upgrade()
+    summary = ingest_paths(db, [Path(world["settings"].data_dir).parent / "ph" / "images"], workers=1)
+    ids = sorted(summary.image_ids.values())[:6]
+    queued = []
+    for k, image_id in enumerate(ids):
+        apply_event(db, "ANNOTATION_CREATED", ls_event("ANNOTATION_CREATED", k + 1, image_id, 256, 256, []))
+        queued.append(maybe_retrain(db, send=False))
+    assert [j is not None for j in queued] == [False, False, True, False, False, False]  # pending: debounced
+    assert maybe_retrain(db, force_reason="START_TRAINING", send=False) is None
+    with db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Job).where(Job.kind == "train_detector")) == 1
+
+
+def test_train_detector_job_stores_a_version_and_ranks_the_unlabelled(world, trained):
+    settings = world["settings"]
+    res = trained.result
+    assert res["images"] == 10 and res["ranked"] == len(world["images"]) - 10
+    with world["db"].session() as s:
+        mv = s.get(ModelVersion, res["model_version_id"])
+        assert mv.kind == "detector" and mv.status == "active"
+    folder = settings.data_dir / Path(mv.path).parent
+    assert {"detector.pt", "metadata.json", "ranking.json"} <= {p.name for p in folder.iterdir()}
+    meta = json.loads((folder / "metadata.json").read_text())
+    assert meta["n_images"] == 10 and meta["classes"][:2] == ["benign", "malignant"]
+    ranking = json.loads((folder / "ranking.json").read_text())["ranking"]
+    assert sorted(r["rank"] for r in ranking) == list(range(1, len(ranking) + 1))
+    assert [r["priority"] for r in ranking] == sorted((r["priority"] for r in ranking), reverse=True)
+
+
+@pytest.fixture(scope="module")
+def client(world, trained):
+    backend = SamxBackend(world["settings"], world["db"])
+    backend.slot.refresh()
+    app = create_app(backend, basic_auth=credentials(world["settings"]))
+    user, password = credentials(world["settings"])
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    c = app.test_client()
+    c.environ_base["HTTP_AUTHORIZATION"] = f"Basic {token}"
+    c.backend = backend
+    return c
+
+
+def test_every_route_needs_the_basic_auth_account(world, client):
+    anon = client.application.test_client()
+    for method, path in [("get", "/health"), ("post", "/setup"), ("post", "/predict"), ("post", "/webhook"),
+                         ("get", "/versions"), ("get", "/")]:
+        r = getattr(anon, method)(path, json={})
+        assert r.status_code == 401, path
+    wrong = base64.b64encode(b"labelstudio:nope").decode()
+    assert anon.get("/health", headers={"Authorization": f"Basic {wrong}"}).status_code == 401
+
+
+def test_health_setup_versions_report_one_stable_version(client, trained):
+    v = trained.result["version"]
+    assert client.get("/health").get_json() == {"status": "UP", "model_version": v}
+    assert [client.post("/setup", json={"project": "1.1"}).get_json()["model_version"] for _ in range(3)] == [v] * 3
+    versions = client.get("/versions").get_json()
+    assert versions["model_version"] == v and versions["versions"][0]["version"] == v
+
+
+def test_predict_gives_one_result_per_task_in_percent_of_the_original(world, client, trained):
+    ims = world["images"][12:14]
+    tasks = [{"id": 1, "data": {"samx_image_id": im["id"]}} for im in ims]
+    body = client.post("/predict", json={"tasks": tasks}).get_json()
+    assert len(body["results"]) == 2 and "errors" not in body
+    for im, res in zip(ims, body["results"]):
+        assert res["model_version"] == trained.result["version"]
+        rects = [r for r in res["result"] if r["type"] == "rectanglelabels"]
+        for r in rects:
+            assert (r["original_width"], r["original_height"]) == (im["w"], im["h"])
+            v = r["value"]
+            assert 0 <= v["x"] <= 100 and 0 <= v["y"] <= 100 and v["x"] + v["width"] <= 100.01
+            assert r["from_name"] == LESION_FROM_NAME and r["to_name"] == IMAGE_TO_NAME
+            assert v["rectanglelabels"][0] in ("benign", "malignant")
+
+
+def _png_header(path: Path, width: int, height: int) -> None:
+    """A PNG that declares width x height (its header is all a decoder needs to refuse it)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk
+                     + struct.pack(">I", zlib.crc32(chunk)) + b"\x00\x00\x00\x00IEND\xaeB`\x82")
+
+
+@pytest.mark.parametrize("body, status, words", [
+    ("not json", 400, "JSON object"),
+    ({"tasks": []}, 400, "non-empty list"),
+    ({"tasks": "x"}, 400, "non-empty list"),
+    ({"tasks": [1, 2]}, 400, "JSON object"),
+    ({"tasks": [{"id": 7, "data": {"samx_image_id": 999999}}]}, 404, "not in this samx store"),
+    ({"tasks": [{"id": 7, "data": {"samx_image_id": "abc"}}]}, 400, "integer"),
+    ({"tasks": [{"id": 7, "data": {"image": "http://169.254.169.254/latest/meta-data"}}]}, 400, "outside the samx store"),
+    ({"tasks": [{"id": 7, "data": {"image": "/data/local-files/?d=../../../../etc/passwd"}}]}, 400, "local-files"),
+    ({"tasks": [{"id": 7, "data": {}}]}, 404, "names no samx image"),
+])
+def test_bad_predict_requests_get_a_clear_4xx(client, body, status, words):
+    r = client.post("/predict", data=body, content_type="text/plain") if isinstance(body, str) \
+        else client.post("/predict", json=body)
+    assert r.status_code == status and words in r.get_json()["error"], r.get_json()
+
+
+def test_a_20000_by_20000_image_is_refused_before_decoding(world, client):
+    _png_header(files_root(world["settings"]) / "images" / "huge.png", 20_000, 20_000)
+    r = client.post("/predict", json={"tasks": [{"id": 8, "data": {"image": "/data/local-files/?d=images/huge.png"}}]})
+    assert r.status_code == 413 and "400000000 pixels" in r.get_json()["error"]
+    _png_header(files_root(world["settings"]) / "images" / "big.png", 12_000, 11_000)  # under PIL's own bomb limit
+    r = client.post("/predict", json={"tasks": [{"id": 9, "data": {"image": "/data/local-files/?d=images/big.png"}}]})
+    assert r.status_code == 413 and "12000 x 11000" in r.get_json()["error"]
+
+
+def test_one_bad_task_does_not_block_the_batch(world, client):
+    good = {"id": 1, "data": {"samx_image_id": world["images"][13]["id"]}}
+    r = client.post("/predict", json={"tasks": [good, {"id": 2, "data": {"samx_image_id": 999999}}]})
+    body = r.get_json()
+    assert r.status_code == 200 and len(body["results"]) == 2 and body["results"][1]["result"] == []
+    assert body["errors"] == [{"task": 2, "status": 404, "error": "image 999999 is not in this samx store"}]
+
+
+def test_webhook_answers_at_once_and_the_event_lands(world, client):
+    im = world["images"][13]
+    r = client.post("/webhook", json=ls_event("ANNOTATION_CREATED", 9300, im["id"], im["w"], im["h"],
+                                              [("benign", (5, 5, 25, 25))]))
+    assert r.status_code == 200 and r.get_json()["status"] == "accepted"
+    assert client.post("/webhook", json={"project": 1}).status_code == 400
+    assert client.post("/webhook", json={"action": "PROJECT_UPDATED"}).get_json()["status"] == "ignored"
+    client.backend.start(watch_every=3600)  # the event thread (the slot is already loaded)
+    client.backend.wait_events()
+    with world["db"].session() as s:
+        assert s.scalar(select(func.count()).select_from(Annotation).where(Annotation.external_id == "9300")) == 1
+
+
+def test_a_broken_new_version_is_not_served_and_the_old_one_keeps_serving(world, client, trained):
+    db, settings = world["db"], world["settings"]
+    folder = settings.models_dir / "detector" / "broken"
+    folder.mkdir(parents=True)
+    (folder / "metadata.json").write_text("{}")
+    (folder / "detector.pt").write_bytes(b"not a model")
+    with db.session() as s:
+        s.add(ModelVersion(kind="detector", version="broken", status="active", path="models/detector/broken/detector.pt"))
+    old = client.backend.slot.current
+    assert client.backend.slot.refresh() is False
+    assert client.backend.slot.current is old and "broken" in client.backend.slot.failed
+    assert client.get("/health").get_json()["model_version"] == trained.result["version"]
+    with db.session() as s:
+        s.execute(delete(ModelVersion).where(ModelVersion.version == "broken"))
+
+
+def test_no_model_yet_still_answers_with_a_stable_version(world):
+    backend = SamxBackend(world["settings"], world["db"])
+    assert backend.model_version() == NO_MODEL  # nothing loaded before start()/refresh()
+    res = backend.predict_task({"id": 1, "data": {"samx_image_id": world["images"][0]["id"]}})
+    assert res == {"result": [], "score": 0.0, "model_version": NO_MODEL}
