@@ -23,6 +23,7 @@ from imaging.files import write_atomic
 
 from .augment import classification_transform
 from .preprocess import check_image, letterbox
+from .schedule import one_cycle
 
 Progress = Callable[[int, int, str], None]
 FILE_FORMAT = "samx.abnormality/1"
@@ -103,8 +104,7 @@ class AbnormalityClassifier:
             loader = DataLoader(_Images(images, y, cfg.size, classification_transform(cfg.hflip, cfg.scale_jitter)),
                                 batch_size=cfg.batch_size, shuffle=True,
                                 generator=torch.Generator().manual_seed(cfg.seed))
-            total = max(1, cfg.epochs * len(loader))
-            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.15)
+            sched, total = one_cycle(opt, cfg.lr, cfg.epochs * len(loader), 0.15)
             self.history_, step = [], 0
             for epoch in range(cfg.epochs):
                 net.train()

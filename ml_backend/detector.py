@@ -31,6 +31,7 @@ from imaging.files import write_atomic
 from .augment import as_sample, detection_transform
 from .boxes import Detections, xywh_to_xyxy, xyxy_to_xywh
 from .preprocess import check_image, resize_long_side
+from .schedule import one_cycle
 from .uncertainty import detection_uncertainty, mirror
 
 Progress = Callable[[int, int, str], None]
@@ -248,9 +249,7 @@ class LesionDetector:
             params = [p for p in model.parameters() if p.requires_grad]
             opt = (torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
                    if cfg.optimizer == "sgd" else torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay))
-            total = max(1, cfg.epochs * len(loader))
-            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total,
-                                                        pct_start=cfg.warmup, cycle_momentum=cfg.optimizer == "sgd")
+            sched, total = one_cycle(opt, cfg.lr, cfg.epochs * len(loader), cfg.warmup, cfg.optimizer == "sgd")
             self.history_ = []
             step = 0
             for epoch in range(cfg.epochs):

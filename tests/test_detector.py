@@ -209,6 +209,17 @@ def test_bad_training_input_is_refused():
         det.predict([img])
 
 
+def test_a_first_training_on_a_handful_of_images_works(data):
+    """Four annotated images and one epoch are two optimiser steps: the schedule must cope."""
+    images, boxes, labels = data
+    det = LesionDetector(CLASSES, **{**TINY, "epochs": 1, "batch_size": 4}).fit(images[:4], boxes[:4], labels[:4])
+    assert len(det.history_) == 1 and np.isfinite(det.history_[0].loss)
+    from ml_backend.abnormality import AbnormalityClassifier
+
+    clf = AbnormalityClassifier(size=64, epochs=1, batch_size=4).fit(images[:2], [0, 1])
+    assert clf.predict_proba(images[:2]).shape == (2,)
+
+
 def test_training_is_deterministic(data):
     images, boxes, labels = data
     cfg = {**TINY, "epochs": 1, "bn_images": 4}
