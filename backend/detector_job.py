@@ -42,11 +42,13 @@ DEFAULTS = {"arch": "mobilenet_v3", "batch_size": 4, "lr": 0.02, "seed": 0,
 
 
 def _lesion_classes(s, rows: list[LabelledImage]) -> list[str]:
-    """The active lesion vocabulary in its order, plus any class the annotations use."""
+    """The classes the annotations use, in the vocabulary's order. Not the whole vocabulary: a
+    class nobody boxed cannot be learned, and one the Label Studio project does not have (the
+    vocabulary keeps every class ever synced) would come back as a box with no label."""
+    used = {name for r in rows for name in r.labels}
     vocab = list(s.scalars(select(Label.name).where(Label.kind == "lesion", Label.is_active.is_(True))
                            .order_by(Label.sort_order, Label.name)))
-    extra = sorted({name for r in rows for name in r.labels} - set(vocab))
-    return vocab + extra
+    return [c for c in vocab if c in used] + sorted(used - set(vocab))
 
 
 def data_hash(rows: list[LabelledImage]) -> str:
@@ -67,6 +69,9 @@ def run_train_detector_job(ctx: JobContext) -> dict:
     if len(rows) < int(p["min_images"]):
         raise JobFailed(f"the detector needs at least {p['min_images']} annotated images; there are {len(rows)} — "
                         "annotate more in Label Studio (or import a COCO/VOC dataset)")
+    if not classes:
+        raise JobFailed(f"none of the {len(rows)} annotated images has a lesion box yet: the detector has nothing "
+                        "to learn")
     size = int(p["size"])
     ctx.progress(0, 100, f"preparing {len(rows)} images", force=True)
     inputs = detector_inputs(settings, [(r.content_hash, r.store_path) for r in rows], size)

@@ -13,7 +13,6 @@ real validation images there; the early stages see that noise has no anatomy. A 
 threshold would not do either: a network is often most confident far from its data."""
 from __future__ import annotations
 
-import io
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -30,7 +29,7 @@ from torch.utils.data import DataLoader
 from clustering.augment import AugmentedImages, training_transform
 from clustering.features import l2_normalize
 from clustering.network import Backbone
-from imaging.files import write_atomic
+from imaging.files import save_torch_atomic
 
 Progress = Callable[[int, int, str], None]
 UNSURE = -1
@@ -250,9 +249,7 @@ class Sorter:
                 "history": [asdict(h) for h in self.history_]}
 
     def save(self, path: str | Path) -> Path:
-        buf = io.BytesIO()
-        torch.save(self.state(), buf)
-        return write_atomic(path, buf.getvalue())
+        return save_torch_atomic(self.state(), path)
 
     @classmethod
     def load(cls, path: str | Path) -> "Sorter":

@@ -41,3 +41,14 @@ def create_private_json(path: str | Path, data: dict) -> None:
         pass
     finally:
         os.unlink(tmp)
+
+
+def save_torch_atomic(obj, path: str | Path) -> Path:
+    """``torch.save`` through :func:`write_atomic`: a crash never leaves half a model file."""
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return write_atomic(path, buf.getvalue())

@@ -5,7 +5,6 @@ convolution takes one channel: from scratch there is nothing to gain from three 
 Abnormal images are usually the minority, so the loss is class-weighted ("balanced")."""
 from __future__ import annotations
 
-import io
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -19,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.models import resnet18
 
-from imaging.files import write_atomic
+from imaging.files import save_torch_atomic
 
 from .augment import classification_transform
 from .preprocess import check_image, letterbox
@@ -168,9 +167,7 @@ class AbnormalityClassifier:
                 "history": [asdict(h) for h in self.history_]}
 
     def save(self, path: str | Path) -> Path:
-        buf = io.BytesIO()
-        torch.save(self.state(), buf)
-        return write_atomic(path, buf.getvalue())
+        return save_torch_atomic(self.state(), path)
 
     @classmethod
     def load(cls, path: str | Path, device: str | None = None) -> "AbnormalityClassifier":

@@ -13,7 +13,6 @@ tried so far. Raise ``size``, crop to the body part, or start from weights, for 
 Training is deterministic given ``seed`` on the CPU (not with cuDNN's autotuned kernels)."""
 from __future__ import annotations
 
-import io
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -26,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.models import detection as tvdet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 
-from imaging.files import write_atomic
+from imaging.files import save_torch_atomic
 
 from .augment import as_sample, detection_transform
 from .boxes import Detections, xywh_to_xyxy, xyxy_to_xywh
@@ -394,9 +393,7 @@ class LesionDetector:
                 "history": [asdict(h) for h in self.history_], "init_report": self.init_report_}
 
     def save(self, path: str | Path) -> Path:
-        buf = io.BytesIO()
-        torch.save(self.state(), buf)
-        return write_atomic(path, buf.getvalue())
+        return save_torch_atomic(self.state(), path)
 
     @classmethod
     def load(cls, path: str | Path, device: str | None = None) -> "LesionDetector":
