@@ -10,20 +10,13 @@ from pathlib import Path
 DEFAULT_DATA_DIR = "samx-data"
 
 
-def _int_env(name: str, default: int) -> int:
+def _number_env(name: str, default, kind=int):
     raw = os.environ.get(name, "").strip()
     try:
-        return int(raw) if raw else default
+        return kind(raw) if raw else default
     except ValueError:
-        raise ValueError(f"{name} must be a whole number, got {raw!r}") from None
-
-
-def _float_env(name: str, default: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    try:
-        return float(raw) if raw else default
-    except ValueError:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+        what = "a whole number" if kind is int else "a number"
+        raise ValueError(f"{name} must be {what}, got {raw!r}") from None
 
 
 @dataclass(frozen=True)
@@ -71,13 +64,13 @@ class Settings:
             return os.environ.get(name, "").strip() or None
 
         return cls(data_dir=root, database_url=db, queue_url=queue,
-                   sorter_retrain_after=max(0, _int_env("SAMX_SORTER_RETRAIN_AFTER", 50)),
-                   detector_retrain_after=max(0, _int_env("SAMX_DETECTOR_RETRAIN_AFTER", 20)),
-                   detector_epochs=_int_env("SAMX_DETECTOR_EPOCHS", 20),
-                   detector_size=_int_env("SAMX_DETECTOR_SIZE", 512),
-                   detector_min_score=_float_env("SAMX_DETECTOR_MIN_SCORE", 0.2),
+                   sorter_retrain_after=max(0, _number_env("SAMX_SORTER_RETRAIN_AFTER", 50)),
+                   detector_retrain_after=max(0, _number_env("SAMX_DETECTOR_RETRAIN_AFTER", 20)),
+                   detector_epochs=_number_env("SAMX_DETECTOR_EPOCHS", 20),
+                   detector_size=_number_env("SAMX_DETECTOR_SIZE", 512),
+                   detector_min_score=_number_env("SAMX_DETECTOR_MIN_SCORE", 0.2, float),
                    label_studio_host=env("SAMX_LABEL_STUDIO_HOST") or "127.0.0.1",
-                   label_studio_port=_int_env("SAMX_LABEL_STUDIO_PORT", 8080),
+                   label_studio_port=_number_env("SAMX_LABEL_STUDIO_PORT", 8080),
                    label_studio_bin=env("SAMX_LABEL_STUDIO_BIN"),
                    label_studio_url=env("SAMX_LABEL_STUDIO_URL"),
                    label_studio_username=env("SAMX_LABEL_STUDIO_USERNAME"),

@@ -15,10 +15,11 @@ from typing import Callable
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from backend.db import label_id
 from backend.export_job import installation_id
 from backend.ingest import ingest_paths
 from backend.jobs.runner import JobContext, JobFailed
-from backend.models import Box, Image, ImageStatus, Label, LabelSource, WeakLabel, utcnow
+from backend.models import Box, Image, ImageStatus, LabelSource, WeakLabel, utcnow
 from exports import voc
 from exports.coco import read_coco
 from exports.image_labels import FILE_NAME as LABELS_CSV
@@ -87,18 +88,6 @@ def read_dataset(fmt: str, path: Path, image_dir: Path | None) -> tuple[Path, li
     return root, images
 
 
-def _label(s: Session, cache: dict, kind: str, name: str) -> int:
-    key = (kind, name)
-    if key not in cache:
-        row = s.scalar(select(Label).where(Label.kind == kind, Label.name == name))
-        if row is None:
-            row = Label(kind=kind, name=name, sort_order=1000)
-            s.add(row)
-            s.flush()
-        cache[key] = row.id
-    return cache[key]
-
-
 def _own_export_ids(ctx: JobContext, root: Path, images: list[ReadImage]) -> dict[str, int]:
     """file path -> image id, for an export this installation wrote (file stems are image ids)."""
     manifest = read_manifest(root)
@@ -126,7 +115,7 @@ def _store_image(s: Session, fmt: str, image: Image, rec: ReadImage, labels: dic
     existing = {_box_key(fmt, b.label_id, b.x, b.y, b.width, b.height, image.columns, image.rows)
                 for b in s.scalars(select(Box).where(Box.image_id == image.id))}
     for name, x, y, w, h in rec.boxes:
-        key = _box_key(fmt, _label(s, labels, "lesion", name), x, y, w, h, image.columns, image.rows)
+        key = _box_key(fmt, label_id(s, "lesion", name, labels), x, y, w, h, image.columns, image.rows)
         if key is None:
             summary.problem(f"{rec.file_name}: box {name} [{x}, {y}, {w}, {h}] lies outside the "
                             f"{image.columns}x{image.rows} image; skipped")
@@ -140,9 +129,9 @@ def _store_image(s: Session, fmt: str, image: Image, rec: ReadImage, labels: dic
         summary.boxes_added += 1
     region = rec.labels.get("region")
     if region:
-        label_id = _label(s, labels, "region", region)
+        region_id = label_id(s, "region", region, labels)
         current = s.scalar(select(WeakLabel).where(WeakLabel.image_id == image.id, WeakLabel.superseded_at.is_(None)))
-        if current is not None and current.label_id == label_id:
+        if current is not None and current.label_id == region_id:
             summary.labels_present += 1
         elif current is not None and current.source == LabelSource.manual:
             summary.problem(f"{rec.file_name}: region {region!r} not imported; a radiologist set it to another label")
@@ -150,7 +139,7 @@ def _store_image(s: Session, fmt: str, image: Image, rec: ReadImage, labels: dic
             if current is not None:
                 current.superseded_at = utcnow()
                 s.flush()  # one current label per image: the old one must stop being current first
-            s.add(WeakLabel(image_id=image.id, label_id=label_id, source=LabelSource.imported))
+            s.add(WeakLabel(image_id=image.id, label_id=region_id, source=LabelSource.imported))
             summary.labels_added += 1
 
 

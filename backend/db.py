@@ -84,6 +84,22 @@ class Database:
         self.engine.dispose()
 
 
+def label_id(s: Session, kind: str, name: str, cache: dict | None = None) -> int:
+    """The vocabulary entry's id, added at the end of its kind when a dataset or Label Studio
+    brings a name ours does not have (yet). ``cache``: (kind, name) -> id across one batch."""
+    key = (kind, name)
+    if cache is not None and key in cache:
+        return cache[key]
+    row = s.scalar(select(Label).where(Label.kind == kind, Label.name == name))
+    if row is None:
+        row = Label(kind=kind, name=name, sort_order=1000)
+        s.add(row)
+        s.flush()
+    if cache is not None:
+        cache[key] = row.id
+    return row.id
+
+
 def alembic_config(engine: Engine):
     from alembic.config import Config
 

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from backend.detector_data import LabelledImage, scale_of, to_original
+from backend.detector_data import LabelledImage, detector_inputs, labelled_images, scale_of, to_original
+from backend.detector_store import find_version, load_version
+from backend.model_store import write_json
 from clustering.sorter_splits import holdout
 from exports.splits import group_images
 from ml_backend.abnormality import AbnormalityClassifier
@@ -53,10 +55,6 @@ def evaluate_version(settings, db, version: str | None = None, *, split: str = "
     """``samx eval``: a stored version (default: the active one) on the fixed validation split
     (images it never trained on) or on ``split="all"`` labelled images (optimistic: it trained
     on most of them). Writes roc.png and metrics.json to ``out`` when given."""
-    from backend.detector_data import detector_inputs, labelled_images
-    from backend.detector_store import find_version, load_version
-    from backend.model_store import write_json
-
     if split not in ("validation", "all"):
         raise ValueError(f"split must be 'validation' or 'all', not {split!r}")
     with db.session() as s:

@@ -15,7 +15,6 @@ import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import numpy as np
 from PIL import Image as PILImage
@@ -30,7 +29,7 @@ from backend.detector_store import DetectorVersion, active_version, load_version
 from backend.image_store import load_pixels
 from backend.labelstudio.annotations import DELETE_ACTIONS, UPSERT_ACTIONS, apply_event
 from backend.labelstudio.results import prediction_result
-from backend.labelstudio.sync import local_path
+from backend.labelstudio.sync import LOCAL_FILES_URL, local_path
 from backend.ml_backend_auth import credentials
 from backend.models import Image, ImageStatus, ModelVersion
 from backend.sorter_job import predicted_regions
@@ -44,7 +43,6 @@ log = logging.getLogger("samx.ml_backend")
 
 NO_MODEL = "samx-no-detector-yet"  # stable and non-empty, as Label Studio's /setup needs
 MAX_PIXELS = 120_000_000  # the ingest limit: nothing larger is decoded
-LOCAL_FILES = "/data/local-files/"
 
 
 class SamxBackend:
@@ -56,7 +54,6 @@ class SamxBackend:
         self._cache_images = cache_images
         self._events: queue.Queue = queue.Queue()
         self._stop = threading.Event()
-        self.last_event_error: str | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self, watch_every: float = 2.0) -> "SamxBackend":
@@ -152,9 +149,8 @@ class SamxBackend:
 
     def _local_file(self, url: str, task_id) -> Path:
         """Only Label Studio's local-files URLs of our own files root are read; nothing is fetched."""
-        parsed = urlparse(url)
-        if parsed.scheme or parsed.netloc or not parsed.path.startswith(LOCAL_FILES):
-            raise TaskError(400, f"image URL {url[:200]!r} is outside the samx store: only {LOCAL_FILES}?d=... "
+        if not url.startswith(LOCAL_FILES_URL):  # no scheme, no host: nothing is fetched from anywhere
+            raise TaskError(400, f"image URL {url[:200]!r} is outside the samx store: only {LOCAL_FILES_URL}... "
                                  "URLs of samx's Label Studio files are read", task_id)
         try:
             path = local_path(self.settings, url)
@@ -234,8 +230,7 @@ class SamxBackend:
                     job = maybe_retrain(self.db) if res.upserted or res.deleted else None
                 if job is not None:
                     log.info("webhook %s: queued detector training, job %d", action, job.id)
-            except Exception as exc:  # one bad event must not stop the ones behind it
-                self.last_event_error = f"{action}: {type(exc).__name__}: {exc}"
+            except Exception:  # one bad event must not stop the ones behind it
                 log.exception("webhook %s failed", action)
 
 

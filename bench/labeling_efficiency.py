@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 OUT = ROOT / "bench" / "out"
 from bench.cached_phantoms import cached_phantoms  # noqa: E402
+from bench.fresh_database import fresh_database  # noqa: E402
 from bench.simulated_radiologist import name_clusters  # noqa: E402
 
 REGIONS = ["hand", "wrist", "knee", "foot", "pelvis", "chest", "spine", "skull"]
@@ -46,8 +46,6 @@ def main() -> None:
 
     from sqlalchemy import select
 
-    from backend.config import Settings
-    from backend.db import Database
     from backend.ingest import ingest_paths
     from backend.jobs import enqueue, execute
     from backend.models import ClusterRun, Image, Label, ModelVersion, WeakLabel
@@ -60,13 +58,7 @@ def main() -> None:
     folder = phantoms(a.n)
     truth_by_file = {str((folder / e["file"]).resolve()): e["region"]
                      for e in json.loads((folder / "truth.json").read_text())["images"]}
-    data = OUT / f"labeling-{a.n}"
-    shutil.rmtree(data, ignore_errors=True)
-    settings = Settings(data_dir=data, database_url=f"sqlite:///{data / 'samx.db'}", queue_url="sqlite")
-    settings.ensure_dirs()
-    db = Database(settings)
-    db.upgrade()
-    db.seed_vocabulary()
+    settings, db = fresh_database(OUT / f"labeling-{a.n}")
     t = time.perf_counter()
     ingested = ingest_paths(db, [folder / "images"]).by_status["imported"]
     print(f"ingested {ingested} images in {time.perf_counter() - t:.0f} s", flush=True)

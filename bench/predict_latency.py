@@ -28,6 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 OUT = ROOT / "bench" / "out"
+from bench.fresh_database import fresh_database  # noqa: E402
 
 
 def _free_port() -> int:
@@ -48,8 +49,6 @@ def main() -> None:
 
     import httpx
 
-    from backend.config import Settings
-    from backend.db import Database
     from backend.detector_data import detector_inputs
     from backend.detector_store import active_version, load_version
     from backend.ingest import ingest_paths
@@ -66,11 +65,7 @@ def main() -> None:
     shutil.rmtree(data, ignore_errors=True)
     truth = generate_phantoms(data / "ph", 4, seed=21, fmt="dcm", size=2500, lesion_rate=1.0, regions=["knee"],
                               workers=2)
-    settings = Settings(data_dir=data / "samx", database_url=f"sqlite:///{data / 'samx' / 'samx.db'}", queue_url="sqlite")
-    settings.ensure_dirs()
-    db = Database(settings)
-    db.upgrade()
-    db.seed_vocabulary()
+    settings, db = fresh_database(data / "samx")
     # the first phantom, resampled to exactly 2,000 x 2,500 (its boxes with it), is the one asked for
     first = truth["images"][0]
     path = data / "ph" / first["file"]

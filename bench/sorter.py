@@ -16,7 +16,6 @@ import argparse
 import csv
 import json
 import os
-import shutil
 import sys
 import time
 from collections import Counter
@@ -28,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 OUT = ROOT / "bench" / "out"
 from bench.cached_phantoms import cached_phantoms  # noqa: E402
+from bench.fresh_database import fresh_database  # noqa: E402
 from bench.simulated_radiologist import name_clusters  # noqa: E402
 
 REGIONS = ["hand", "wrist", "knee", "foot", "pelvis", "chest", "spine", "skull"]
@@ -61,10 +61,8 @@ def main() -> None:
 
     from sqlalchemy import select
 
-    from backend.config import Settings
-    from backend.db import Database
     from backend.ingest import ingest_paths
-    from backend.models import Image, Label, ModelVersion, WeakLabel
+    from backend.models import Image, Label, WeakLabel
     from backend.sort_folder import _files, _prepare, sort_folder
     from backend.sorter_store import active_version, load_sorter, stored_embeddings
     from backend.users import create_user
@@ -78,13 +76,8 @@ def main() -> None:
     test_truth = {Path(e["file"]).relative_to("images").as_posix(): e["region"]
                   for e in json.loads((test_dir / "truth.json").read_text())["images"]}
 
-    data = OUT / f"sorter-{a.n}"
-    shutil.rmtree(data, ignore_errors=True)
-    settings = Settings(data_dir=data, database_url=f"sqlite:///{data / 'samx.db'}", queue_url="sqlite")
-    settings.ensure_dirs()
-    db = Database(settings)
-    db.upgrade()
-    db.seed_vocabulary()
+    settings, db = fresh_database(OUT / f"sorter-{a.n}")
+    data = settings.data_dir
     t0 = time.perf_counter()
     ingest_paths(db, [train_dir / "images"])
     print(f"ingested in {time.perf_counter() - t0:.0f} s", flush=True)

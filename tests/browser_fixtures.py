@@ -2,21 +2,16 @@
 Selenium). Missing: a visible skip on a laptop, a failure under CI."""
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import missing
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-
-
-def _unavailable(reason: str):
-    if os.environ.get("CI"):
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
@@ -26,10 +21,10 @@ def chrome():
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
     except ImportError as exc:
-        _unavailable(f"selenium is not installed ({exc})")
+        missing(f"selenium is not installed ({exc})")
     for path in (CHROMIUM, CHROMEDRIVER):
         if not (Path(path).exists() or shutil.which(path)):
-            _unavailable(f"{path} not found: install Debian's chromium and chromium-driver to run browser tests")
+            missing(f"{path} not found: install Debian's chromium and chromium-driver to run browser tests")
     drivers = []
 
     def make():
@@ -41,7 +36,7 @@ def chrome():
         try:
             driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
         except Exception as exc:  # noqa: BLE001 - any start failure means "no browser here"
-            _unavailable(f"Chromium would not start: {type(exc).__name__}: {exc}")
+            missing(f"Chromium would not start: {type(exc).__name__}: {exc}")
         driver.set_page_load_timeout(60)
         drivers.append(driver)
         return driver

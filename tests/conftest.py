@@ -16,12 +16,15 @@ REDIS_URL = os.environ.get("SAMX_TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
 pytest_plugins = ["tests.labelstudio_fixtures", "tests.browser_fixtures"]
 
 
-def _unavailable(what: str, exc: Exception):
-    """On CI a missing server is a failure; on a laptop without it, a visible skip."""
-    msg = f"{what} not reachable ({type(exc).__name__}: {exc})"
+def missing(reason: str):
+    """On CI a missing server or tool is a failure; on a laptop without it, a visible skip."""
     if os.environ.get("CI"):
-        pytest.fail(msg)
-    pytest.skip(msg)
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def _unavailable(what: str, exc: Exception):
+    missing(f"{what} not reachable ({type(exc).__name__}: {exc})")
 
 
 @pytest.fixture(scope="session")

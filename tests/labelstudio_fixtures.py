@@ -13,15 +13,9 @@ from backend.db import Database
 from backend.ingest import ingest_paths
 from backend.labelstudio import server
 from imaging.phantoms import generate_phantoms
-from tests.conftest import make_settings
+from tests.conftest import make_settings, missing
 
 N_IMAGES = 12
-
-
-def unavailable(reason: str):
-    if os.environ.get("CI"):
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 def free_port() -> int:
@@ -41,7 +35,7 @@ def label_studio(tmp_path_factory):
     try:
         server.find_binary(settings)
     except server.LabelStudioError as exc:
-        unavailable(f"Label Studio is not installed ({exc}); `make labelstudio` installs it")
+        missing(f"Label Studio is not installed ({exc}); `make labelstudio` installs it")
     try:
         first = server.up(settings, timeout=600)
     except server.LabelStudioError as exc:

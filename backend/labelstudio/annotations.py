@@ -14,9 +14,9 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from backend.db import Database
+from backend.db import Database, label_id
 from backend.labelstudio.config import ABNORMAL, ABNORMAL_FROM_NAME, LESION_FROM_NAME, REGION_FROM_NAME
-from backend.models import Annotation, Box, Image, Label, utcnow
+from backend.models import Annotation, Box, Image, utcnow
 
 SOURCE = "labelstudio"
 UPSERT_ACTIONS = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED"}
@@ -91,12 +91,13 @@ def upsert_annotation(s: Session, ann: Any, task: Any, result: SyncResult) -> No
             names = value.get("rectanglelabels") or []
             if box is not None and names:
                 x, y, w, h = box
-                boxes.append(Box(image_id=image.id, label_id=_label_id(s, "lesion", names[0]), x=x, y=y, width=w,
-                                 height=h, source="annotation", external_id=f"{external_id}:{item.get('id', '')}"))
+                boxes.append(Box(image_id=image.id, label_id=label_id(s, "lesion", str(names[0])[:128]), x=x, y=y,
+                                 width=w, height=h, source="annotation",
+                                 external_id=f"{external_id}:{item.get('id', '')}"))
         elif name == ABNORMAL_FROM_NAME and value.get("choices"):
             row.abnormal = value["choices"][0] == ABNORMAL
         elif name == REGION_FROM_NAME and value.get("choices"):
-            region = _label_id(s, "region", value["choices"][0])
+            region = label_id(s, "region", str(value["choices"][0])[:128])
     row.region_label_id = region
     s.flush()
     s.execute(delete(Box).where(Box.annotation_id == row.id))
@@ -125,16 +126,6 @@ def _annotator(completed_by: Any) -> str | None:
     if isinstance(completed_by, dict):
         completed_by = completed_by.get("email") or completed_by.get("id")
     return None if completed_by is None else str(completed_by)[:255]
-
-
-def _label_id(s: Session, kind: str, name: str) -> int:
-    """The vocabulary entry, added if Label Studio's config had a class ours did not (yet)."""
-    label = s.scalar(select(Label).where(Label.kind == kind, Label.name == name))
-    if label is None:
-        label = Label(kind=kind, name=str(name)[:128])
-        s.add(label)
-        s.flush()
-    return label.id
 
 
 def _box(value: dict, image: Image) -> tuple[float, float, float, float] | None:

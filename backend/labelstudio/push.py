@@ -14,7 +14,7 @@ import httpx
 
 from backend.config import Settings
 from backend.labelstudio.server import LabelStudioConnection, LabelStudioError, connection
-from backend.labelstudio.sync import IMPORT_TIMEOUT_S, load_state, project_id, task_map
+from backend.labelstudio.sync import IMPORT_TIMEOUT_S, iter_tasks, load_state, project_id, task_map
 
 RANK_KEY, PRIORITY_KEY = "al_rank", "al_priority"
 BATCH = 500
@@ -51,12 +51,13 @@ def _push(settings: Settings, pid: int, conn: LabelStudioConnection, ranking: Se
         if r.status_code >= 300:
             raise LabelStudioError(f"could not set the project's model version: {r.status_code} {r.text[:300]}")
 
+        data_of = {t["id"]: t.get("data") or {} for t in iter_tasks(conn, pid)}  # one paged read, not one per task
+
         def patch(e: dict) -> bool:
             tid = tasks[e["image_id"]]
-            got = http.get(f"/api/tasks/{tid}")
-            if got.status_code != 200:
+            if tid not in data_of:  # deleted in Label Studio since the last sync
                 return False
-            data = {**(got.json().get("data") or {}), RANK_KEY: int(e["rank"]), PRIORITY_KEY: round(float(e["priority"]), 6)}
+            data = {**data_of[tid], RANK_KEY: int(e["rank"]), PRIORITY_KEY: round(float(e["priority"]), 6)}
             return http.patch(f"/api/tasks/{tid}", json={"data": data}).status_code < 300
 
         with ThreadPoolExecutor(workers) as pool:

@@ -30,7 +30,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 from urllib.parse import parse_qs, quote, urlparse
 
 import cv2
@@ -257,10 +257,8 @@ def ensure_local_storage(conn: LabelStudioConnection, project: int, path: Path) 
     return True
 
 
-def project_tasks(conn: LabelStudioConnection, project: int, page_size: int = 1000) -> tuple[dict[int, int], int]:
-    """From Label Studio itself: samx image id -> task id (the lowest task id where an image was
-    imported twice), and the number of tasks in the project."""
-    mapping: dict[int, int] = {}
+def iter_tasks(conn: LabelStudioConnection, project: int, page_size: int = 1000) -> Iterator[dict]:
+    """Every task of the project as {"id", "data"}, page by page."""
     seen = 0
     with conn.http(timeout=IMPORT_TIMEOUT_S) as http:
         page = 1
@@ -268,19 +266,28 @@ def project_tasks(conn: LabelStudioConnection, project: int, page_size: int = 10
             r = http.get("/api/tasks", params={"project": project, "page": page, "page_size": page_size,
                                                "fields": "task_only", "include": "id,data"})
             if r.status_code == 404 and page > 1:  # past the last page
-                break
+                return
             if r.status_code != 200:
                 raise LabelStudioError(f"could not list the tasks of project {project}: {r.status_code} {r.text[:300]}")
             body = r.json()
             tasks = body.get("tasks", [])
-            for t in tasks:
-                seen += 1
-                image_id = (t.get("data") or {}).get(TASK_IMAGE_ID_KEY)
-                if isinstance(image_id, int) and (image_id not in mapping or t["id"] < mapping[image_id]):
-                    mapping[image_id] = t["id"]
+            seen += len(tasks)
+            yield from tasks
             if len(tasks) < page_size or seen >= int(body.get("total", 0)):
-                break
+                return
             page += 1
+
+
+def project_tasks(conn: LabelStudioConnection, project: int, page_size: int = 1000) -> tuple[dict[int, int], int]:
+    """From Label Studio itself: samx image id -> task id (the lowest task id where an image was
+    imported twice), and the number of tasks in the project."""
+    mapping: dict[int, int] = {}
+    seen = 0
+    for t in iter_tasks(conn, project, page_size):
+        seen += 1
+        image_id = (t.get("data") or {}).get(TASK_IMAGE_ID_KEY)
+        if isinstance(image_id, int) and (image_id not in mapping or t["id"] < mapping[image_id]):
+            mapping[image_id] = t["id"]
     return mapping, seen
 
 
