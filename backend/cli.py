@@ -127,6 +127,8 @@ def ingest(settings: Settings, paths: tuple[str, ...], report: str | None, voi: 
         click.echo(f"  rejected {count:>6}  {code}")
     if r["rejected"]:
         click.echo("  (`samx images --rejected` lists them with reasons)")
+    if r.get("sorter_predictions"):
+        click.echo(f"the active sorter predicted the region of {r['sorter_predictions']} new images")
     click.echo(f"data directory: {settings.data_dir}")
     if report:
         click.echo(f"report: {Path(report).resolve()}")

@@ -24,6 +24,7 @@ from backend.config import Settings
 from backend.db import Database
 from backend.detector_data import input_cache, scale_of, to_original
 from backend.detector_retrain import maybe_retrain
+from backend.sorter_retrain import maybe_retrain as maybe_retrain_sorter
 from backend.detector_store import KIND as DETECTOR
 from backend.detector_store import DetectorVersion, active_version, load_version
 from backend.image_store import load_pixels
@@ -228,6 +229,10 @@ class SamxBackend:
                     for err in res.errors:
                         log.warning("webhook %s: %s", action, err)
                     job = maybe_retrain(self.db) if res.upserted or res.deleted else None
+                    sorter_job = maybe_retrain_sorter(self.db) if res.labels else None
+                    if sorter_job is not None:
+                        log.info("webhook %s: region choices changed labels, queued sorter training, job %d",
+                                 action, sorter_job.id)
                 if job is not None:
                     log.info("webhook %s: queued detector training, job %d", action, job.id)
             except Exception:  # one bad event must not stop the ones behind it

@@ -59,7 +59,7 @@ def _prepare(size: int, method: str, path: Path) -> tuple[np.ndarray | None, str
         m = rad.meta
         return prepare_tensor(rad.pixels, size, method), not_a_radiograph(m.format, m.modality, m.photometric), None
     except ImageRejected as exc:
-        return None, None, f"{exc.code}: {exc}"
+        return None, None, str(exc)  # "code: reason"
     except Exception as exc:  # a batch never dies on one file
         return None, None, f"{type(exc).__name__}: {exc}"
 

@@ -307,17 +307,25 @@ def predicted_regions(s, image_ids) -> dict[int, tuple[str, float]]:
     return out
 
 
-def run_predict_job(ctx: JobContext) -> dict:
-    """Predictions of the active sorter for every imported image that has none from it yet."""
+def predict_missing(ctx: JobContext, lo: int = 0, hi: int = 99) -> dict | None:
+    """Predictions of the active sorter for every imported image that has none from it yet;
+    None when there is no active sorter."""
     with ctx.db.session() as s:
         mv = active_version(s)
         if mv is None:
-            raise JobFailed("there is no active sorter yet: run `samx train sorter` first")
+            return None
         mv_id, cfg = mv.id, dict(mv.config)
         model = load_sorter(ctx.settings, mv)
     ids, pred = _predict_all(ctx, model, int(cfg.get("size", 64)), cfg.get("method", "fhe"), without_version=mv_id,
-                             lo=0, hi=99)
+                             lo=lo, hi=hi)
     with ctx.db.session() as s:
         n = store_predictions(s, mv_id, ids, pred, model.classes)
-    ctx.progress(100, 100, "done", force=True)
     return {"model_version_id": mv_id, "predicted": n}
+
+
+def run_predict_job(ctx: JobContext) -> dict:
+    result = predict_missing(ctx)
+    if result is None:
+        raise JobFailed("there is no active sorter yet: run `samx train sorter` first")
+    ctx.progress(100, 100, "done", force=True)
+    return result

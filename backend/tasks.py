@@ -13,8 +13,15 @@ def ingest_job(ctx: JobContext) -> dict:
         ctx.db, p["paths"], report=p.get("report"), voi=p.get("voi", "auto"), workers=p.get("workers"),
         progress=lambda done, total, msg: ctx.progress(done, total, msg), job_id=ctx.job_id,
     )
+    result = summary.to_dict()
+    if summary.by_status["imported"]:  # new radiographs get the active sorter's region at once
+        from backend.sorter_job import predict_missing
+
+        sorted_ = predict_missing(ctx)
+        if sorted_ is not None:
+            result["sorter_predictions"] = sorted_["predicted"]
     ctx.progress(summary.files, summary.files, "done", force=True)
-    return summary.to_dict()
+    return result
 
 
 @job_kind("cluster")

@@ -19,6 +19,10 @@ from imaging.files import write_atomic
 from imaging.thumbnails import resize_long_side
 
 _KEY = re.compile(r"[0-9a-f]{2,128}")
+# Part of every cache folder's name; raise it whenever the preparation (ROI, crop, enhancement)
+# changes, or tensors made by the old code would be mixed with new ones. 2: ClassicRoi's
+# background test.
+PREPARATION_VERSION = 2
 
 
 def letterbox(img: np.ndarray, size: int) -> np.ndarray:
@@ -42,7 +46,8 @@ def prepare_tensor(img: np.ndarray, size: int, method: str = "fhe", crop_to_body
 
 
 class TensorCache:
-    """``root/<method>_<size>/<key[:2]>/<key>.npy``, read back memory-mapped."""
+    """``root/<method>[_body]_<size>[_fit]_v<PREPARATION_VERSION>/<key[:2]>/<key>.npy``, read
+    back memory-mapped."""
 
     def __init__(self, root: str | Path, size: int = 256, method: str = "fhe", crop_to_body: bool = False,
                  square: bool = True):
@@ -56,7 +61,7 @@ class TensorCache:
         self.crop_to_body = crop_to_body
         self.square = square
         name = f"{method}_body_{size}" if crop_to_body else f"{method}_{size}"
-        self.dir = self.root / (name if square else f"{name}_fit")
+        self.dir = self.root / f"{name if square else name + '_fit'}_v{PREPARATION_VERSION}"
 
     def path(self, key: str) -> Path:
         if not _KEY.fullmatch(key):  # keys become file names: no separators, no surprises

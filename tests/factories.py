@@ -279,10 +279,12 @@ def make_sorter_world(db, sizes=(12, 10, 10), regions=("knee", "hand", "chest"),
             "model_version": (job.result or {}).get("model_version_id")}
 
 
-def ls_box_results(boxes, width: int, height: int, abnormal: bool | None = None) -> list[dict]:
+def ls_box_results(boxes, width: int, height: int, abnormal: bool | None = None,
+                   region: str | None = None) -> list[dict]:
     """A Label Studio annotation's ``result``: (label, (x0, y0, x1, y1) pixels) boxes in percent
-    of the image, and optionally the normal/abnormal choice."""
-    from backend.labelstudio.config import ABNORMAL, ABNORMAL_FROM_NAME, IMAGE_TO_NAME, LESION_FROM_NAME, NORMAL
+    of the image, and optionally the normal/abnormal and body-region choices."""
+    from backend.labelstudio.config import (ABNORMAL, ABNORMAL_FROM_NAME, IMAGE_TO_NAME, LESION_FROM_NAME, NORMAL,
+                                            REGION_FROM_NAME)
 
     result = [{"id": f"r{k}", "from_name": LESION_FROM_NAME, "to_name": IMAGE_TO_NAME, "type": "rectanglelabels",
                "original_width": width, "original_height": height,
@@ -292,4 +294,7 @@ def ls_box_results(boxes, width: int, height: int, abnormal: bool | None = None)
     if abnormal is not None:
         result.append({"id": "c", "from_name": ABNORMAL_FROM_NAME, "to_name": IMAGE_TO_NAME, "type": "choices",
                        "value": {"choices": [ABNORMAL if abnormal else NORMAL]}})
+    if region is not None:
+        result.append({"id": "r", "from_name": REGION_FROM_NAME, "to_name": IMAGE_TO_NAME, "type": "choices",
+                       "value": {"choices": [region]}})
     return result

@@ -33,12 +33,34 @@ def _bone_coverage(roi=None) -> np.ndarray:
     return np.array(out)
 
 
-def test_crop_keeps_the_anatomy_better_than_the_largest_piece_alone():
+def test_crop_keeps_the_anatomy_better_than_a_plain_threshold():
     """Bone coverage over 32 phantoms (bone_mask includes bone hidden by the collimator, so 1.0
-    is not always reachable). Keeping every large piece saves spines and pelvises."""
-    ours, largest = _bone_coverage(), _bone_coverage(ClassicRoi())
+    is not always reachable), against Otsu's largest piece with no background test."""
+    ours = _bone_coverage()
+    plain = _bone_coverage(ClassicRoi(max_background_spread=float("inf")))
     assert np.median(ours) >= 0.98 and (ours >= 0.85).mean() >= 0.9, ours.round(2)
-    assert (ours >= 0.85).mean() > (largest >= 0.85).mean() and ours.mean() > largest.mean()
+    assert (ours >= 0.85).mean() > (plain >= 0.85).mean() and ours.mean() > plain.mean()
+
+
+@pytest.mark.parametrize("seed", [27, 40, 55])
+def test_a_chest_filling_the_field_keeps_its_ribs(seed):
+    """No background to threshold against: Otsu alone splits bone from soft tissue and the
+    crop shrinks to the spine (the sorter then called these chests 'spine')."""
+    ph = render_phantom(seed, "chest", size=256)
+    bone = ph.bone_mask.sum()
+    plain = body_mask(ph.displayed(), ClassicRoi(keep_components=0.05, max_background_spread=float("inf")))
+    assert (plain & ph.bone_mask).sum() < 0.6 * bone, "the case this test is about"
+    assert (body_mask(ph.displayed()) & ph.bone_mask).sum() > 0.9 * bone
+
+
+def test_a_body_part_filling_the_image_is_all_body():
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[0:200, 0:160]
+    img = 0.25 + 0.2 * np.exp(-((xx - 80) ** 2) / 4000.0)  # soft tissue, thickest in the middle
+    img = img + 0.5 * ((np.abs(xx - 80) < 12) | (np.abs((yy % 40) - 20) < 4))  # spine and ribs
+    img = np.clip(img + rng.normal(0, 0.01, img.shape), 0, 1).astype(np.float32)
+    assert body_mask(img).mean() > 0.95
+    assert body_mask(img, ClassicRoi(max_background_spread=float("inf"))).mean() < 0.7
 
 
 @pytest.mark.parametrize("region", REGIONS)

@@ -67,7 +67,7 @@ def test_cluster_job_stores_run_clusters_memberships_and_arrays(db: Database, ph
     assert arrays.embeddings.shape[0] == n and arrays.umap.shape == (n, 2)
     assert np.allclose(np.linalg.norm(arrays.embeddings, axis=1), 1, atol=1e-4)
     # The second run reuses the enhanced tensors instead of recomputing them.
-    cache = db.settings.cache_dir / "tensors" / "fhe_body_32"
+    cache = db.settings.cache_dir / "tensors" / "fhe_body_32_v2"
     assert len(list(cache.rglob("*.npy"))) == n
 
 

@@ -31,9 +31,9 @@ pytestmark = pytest.mark.slow
 
 
 def ls_event(action: str, ann_id: int, image_id: int, width: int, height: int, boxes=(), *, abnormal=None,
-             updated_at: str = "2026-11-23T10:00:00.000000Z", task_id: int | None = None) -> dict:
+             region=None, updated_at: str = "2026-11-23T10:00:00.000000Z", task_id: int | None = None) -> dict:
     """What Label Studio 1.23 posts for one annotation: boxes in percent of the image."""
-    result = ls_box_results(boxes, width, height, abnormal)
+    result = ls_box_results(boxes, width, height, abnormal, region)
     return {"action": action, "annotation": {"id": ann_id, "result": result, "completed_by": 1, "was_cancelled": False,
                                              "updated_at": updated_at, "task": task_id or 1000 + image_id},
             "task": {"id": task_id or 1000 + image_id, "data": {"samx_image_id": image_id}}}
@@ -90,6 +90,39 @@ def test_annotation_events_land_as_boxes_in_pixels_with_their_answers(world):
         assert s.scalar(select(func.count()).select_from(Box).join(Annotation)
                         .where(Annotation.external_id == "9001")) == 0
         assert all(r.image_id != im["id"] for r in labelled_images(s))
+
+
+def test_a_region_choice_corrects_the_weak_label_with_provenance(world):
+    from backend.models import Label, LabelSource, WeakLabel, utcnow
+
+    db, im = world["db"], world["images"][1]
+    with db.session() as s:
+        name_of = dict(s.execute(select(Label.id, Label.name).where(Label.kind == "region")).all())
+        knee = next(i for i, n in name_of.items() if n == "knee")
+        s.add(WeakLabel(image_id=im["id"], label_id=knee, source=LabelSource.cluster, created_at=utcnow()))
+
+    def labels():
+        with db.session() as s:
+            return [(name_of.get(w.label_id), w.source, w.annotation_id, w.superseded_at is None) for w in
+                    s.scalars(select(WeakLabel).where(WeakLabel.image_id == im["id"]).order_by(WeakLabel.id))]
+
+    res = apply_event(db, "ANNOTATION_CREATED", ls_event("ANNOTATION_CREATED", 9300, im["id"], im["w"], im["h"],
+                                                         region="hand"))
+    assert res.errors == [] and res.labels == 1
+    with db.session() as s:
+        ann_id = s.scalar(select(Annotation.id).where(Annotation.external_id == "9300"))
+    assert labels() == [("knee", LabelSource.cluster, None, False), ("hand", LabelSource.manual, ann_id, True)]
+    # the same choice again changes nothing; another annotator's different choice supersedes it
+    again = apply_event(db, "ANNOTATION_UPDATED", ls_event("ANNOTATION_UPDATED", 9300, im["id"], im["w"], im["h"],
+                                                           region="hand", updated_at="2026-11-23T11:00:00Z"))
+    assert again.labels == 0 and len(labels()) == 2
+    other = apply_event(db, "ANNOTATION_CREATED", ls_event("ANNOTATION_CREATED", 9301, im["id"], im["w"], im["h"],
+                                                           region="wrist"))
+    assert other.labels == 1 and labels()[-1][:2] == ("wrist", LabelSource.manual) and labels()[-1][3]
+    assert sum(current for *_, current in labels()) == 1
+    # (the other tests of this module count the labelled images: these two annotations go again)
+    gone = apply_event(db, "ANNOTATIONS_DELETED", {"action": "ANNOTATIONS_DELETED", "annotations": [{"id": 9300}, {"id": 9301}]})
+    assert gone.deleted == 2 and labels()[-1][3], "a deleted annotation leaves the label it set in the history"
 
 
 def test_a_task_samx_did_not_import_is_an_error_not_a_crash(world):

@@ -95,9 +95,29 @@ def test_collimation_touching_the_body_is_cut_off():
     assert iou(ClassicRoi()(img), body & ~band) > 0.8
 
 
+def collimation_with_a_marker_on_its_edge():
+    """A burned-in side marker box hanging off the blade's inner edge (seen on phantoms: the
+    blade was then taken for a body outline and the frame became the "body")."""
+    img, body, band = tilted_collimation()
+    yy, xx = np.mgrid[0:H, 0:W]
+    box = (xx > 20) & (xx < 70) & (yy > 0.22 * H - 0.15 * xx - 5) & (yy < 0.22 * H - 0.15 * xx + 40)
+    img[box] = 0.96
+    return img, body, band | box
+
+
+def collimation_as_bright_as_bone():
+    """After the display curve the unexposed band can be no brighter than cortical bone."""
+    img, body = radiograph()
+    band = edge_bands(img.shape, top=0.15, bottom=0.15)
+    level = float(np.percentile(img[body & ~band], 97))
+    img[band] = np.clip(level + np.random.default_rng(2).normal(0, 0.004, band.sum()), 0, 1)
+    return img, body, band
+
+
 @pytest.mark.parametrize(
     "case, expected",
-    [(collimated, 0.9), (shuttered, 0.9), (tilted_collimation, 0.85)],
+    [(collimated, 0.9), (shuttered, 0.9), (tilted_collimation, 0.85), (collimation_with_a_marker_on_its_edge, 0.8),
+     (collimation_as_bright_as_bone, 0.9)],
 )
 def test_borders_are_the_bands(case, expected):
     img, _, band = case()

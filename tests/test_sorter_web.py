@@ -346,6 +346,8 @@ def test_radiologist_uses_a_prediction_in_the_browser(chrome, live_review, db): 
     wait(driver, lambda d: not d.find_elements(By.ID, f"row-{k0}"), message="the row did not disappear")
     assert "accepted the sorter's 'hand'" in by_id(driver, "message").text
     assert [r.get_attribute("data-image-id") for r in driver.find_elements(By.CSS_SELECTOR, "tr.review-row")] == [str(k1)]
+    assert by_id(driver, "queue-total").text == "1", "the counts follow the decision without a reload"
+    assert driver.find_element(By.CSS_SELECTOR, "#queue-tabs a.active .count").text == "1"
     ARTIFACTS.mkdir(exist_ok=True)
     driver.save_screenshot(str(ARTIFACTS / "review.png"))
     label = current(db, k0)

@@ -97,7 +97,7 @@ def test_tensor_cache_round_trip_and_hit(tmp_path):
     cache = TensorCache(tmp_path, size=128, method="fhe")
     assert not cache.has(KEY)
     first = cache.get(KEY, load)
-    assert cache.has(KEY) and cache.path(KEY) == tmp_path / "fhe_128" / KEY[:2] / f"{KEY}.npy"
+    assert cache.has(KEY) and cache.path(KEY) == tmp_path / "fhe_128_v2" / KEY[:2] / f"{KEY}.npy"
     assert first.dtype == np.float16 and first.shape == (128, 128)
     assert isinstance(first, np.memmap)
     second = cache.get(KEY, load)
@@ -123,7 +123,7 @@ def test_tensor_cache_methods_and_sizes_are_separate(tmp_path):
     a = TensorCache(tmp_path, size=64, method="fhe").get(KEY, lambda: img)
     b = TensorCache(tmp_path, size=64, method="naive8").get(KEY, lambda: img)
     assert not np.array_equal(a, b)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["fhe_64", "naive8_64"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fhe_64_v2", "naive8_64_v2"]
 
 
 def test_tensor_cache_concurrent_writers_of_one_key(tmp_path):

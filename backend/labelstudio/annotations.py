@@ -4,7 +4,9 @@ Label Studio sends ANNOTATION_CREATED / ANNOTATION_UPDATED with the annotation a
 ANNOTATIONS_CREATED with lists of both (bulk import), ANNOTATIONS_DELETED with ids only. Events
 can arrive twice or late, so each annotation is an upsert keyed by its Label Studio id, an event
 older than what we hold is ignored, and a deleted annotation stays deleted. Boxes arrive in
-percent of the image (top-left origin, maybe rotated); we store float pixels of the original."""
+percent of the image (top-left origin, maybe rotated); we store float pixels of the original.
+The annotator's body-region choice is a person's label for that one image: it supersedes the
+image's weak label (a cluster name, say) with provenance pointing back to the annotation."""
 from __future__ import annotations
 
 import math
@@ -12,11 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from backend.db import Database, label_id
 from backend.labelstudio.config import ABNORMAL, ABNORMAL_FROM_NAME, LESION_FROM_NAME, REGION_FROM_NAME
-from backend.models import Annotation, Box, Image, utcnow
+from backend.models import Annotation, Box, Image, LabelSource, WeakLabel, utcnow
 
 SOURCE = "labelstudio"
 UPSERT_ACTIONS = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED"}
@@ -33,6 +36,7 @@ class SyncResult:
     deleted: int = 0
     stale: int = 0
     boxes: int = 0
+    labels: int = 0  # weak labels a region choice set or confirmed
     errors: list[str] = field(default_factory=list)
 
 
@@ -48,6 +52,9 @@ def apply_event(db: Database, action: str, payload: dict[str, Any]) -> SyncResul
                     upsert_annotation(s, ann, task, result)
             except SyncError as exc:
                 result.errors.append(str(exc))
+            except IntegrityError:  # the one-current-label index: a correction in samx won the race
+                result.errors.append(f"annotation {ann.get('id') if isinstance(ann, dict) else '?'}: the image's "
+                                     "label changed at the same moment; update the annotation to apply it again")
     elif action in DELETE_ACTIONS:
         ids = [str(a.get("id")) for a in payload.get("annotations") or [payload.get("annotation") or {}]
                if isinstance(a, dict) and a.get("id") is not None]
@@ -104,8 +111,26 @@ def upsert_annotation(s: Session, ann: Any, task: Any, result: SyncResult) -> No
     for box in boxes:
         box.annotation_id = row.id
         s.add(box)
+    if region is not None and not row.cancelled and _label_region(s, image.id, region, row.id):
+        result.labels += 1
     result.upserted.append(row.id)
     result.boxes += len(boxes)
+
+
+def _label_region(s: Session, image_id: int, region_id: int, annotation_id: int) -> bool:
+    """Supersede the image's weak label with the annotator's region, unless a person's label
+    (this annotation's or another) already says the same."""
+    current = s.scalar(select(WeakLabel).where(WeakLabel.image_id == image_id, WeakLabel.superseded_at.is_(None)))
+    if current is not None and current.label_id == region_id and current.source == LabelSource.manual:
+        return False
+    now = utcnow()
+    if current is not None:
+        current.superseded_at = now
+        s.flush()  # at most one current label per image: the old one stops being current first
+    s.add(WeakLabel(image_id=image_id, label_id=region_id, source=LabelSource.manual, annotation_id=annotation_id,
+                    created_at=now))
+    s.flush()
+    return True
 
 
 def _image_of(s: Session, task: Any) -> Image:

@@ -13,6 +13,10 @@
         if (res.data.retrain_job) text += " Enough labels changed: retraining queued (job " + res.data.retrain_job + ").";
         samx.show(text, "ok");
         row.remove();
+        // A decided image leaves its queue: count it out here rather than make the radiologist reload.
+        for (const el of [document.getElementById("queue-total"), document.querySelector("#queue-tabs a.active .count")]) {
+          if (el) el.textContent = Math.max(0, Number(el.textContent) - 1);
+        }
         if (!table.querySelector("tr.review-row")) {
           const tr = table.insertRow();
           tr.innerHTML = '<td colspan="4" id="queue-empty">Nothing left on this page — reload for more.</td>';
