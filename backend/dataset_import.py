@@ -15,11 +15,11 @@ from typing import Callable
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from backend.db import label_id
+from backend.db import current_label, label_id, supersede_label
 from backend.export_job import installation_id
 from backend.ingest import ingest_paths
 from backend.jobs.runner import JobContext, JobFailed
-from backend.models import Box, Image, ImageStatus, LabelSource, WeakLabel, utcnow
+from backend.models import Box, Image, ImageStatus, LabelSource, WeakLabel
 from exports import voc
 from exports.coco import read_coco
 from exports.image_labels import FILE_NAME as LABELS_CSV
@@ -130,16 +130,13 @@ def _store_image(s: Session, fmt: str, image: Image, rec: ReadImage, labels: dic
     region = rec.labels.get("region")
     if region:
         region_id = label_id(s, "region", region, labels)
-        current = s.scalar(select(WeakLabel).where(WeakLabel.image_id == image.id, WeakLabel.superseded_at.is_(None)))
+        current = current_label(s, image.id)
         if current is not None and current.label_id == region_id:
             summary.labels_present += 1
         elif current is not None and current.source == LabelSource.manual:
             summary.problem(f"{rec.file_name}: region {region!r} not imported; a radiologist set it to another label")
         else:
-            if current is not None:
-                current.superseded_at = utcnow()
-                s.flush()  # one current label per image: the old one must stop being current first
-            s.add(WeakLabel(image_id=image.id, label_id=region_id, source=LabelSource.imported))
+            supersede_label(s, current, WeakLabel(image_id=image.id, label_id=region_id, source=LabelSource.imported))
             summary.labels_added += 1
 
 

@@ -9,7 +9,7 @@ from sqlalchemy import Engine, create_engine, event, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from backend.config import Settings
-from backend.models import Label
+from backend.models import Label, WeakLabel, utcnow
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -107,3 +107,18 @@ def alembic_config(engine: Engine):
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.attributes["engine"] = engine
     return cfg
+
+
+def current_label(s: Session, image_id: int) -> WeakLabel | None:
+    """The image's current weak label (at most one: the ``uq_weak_labels_current`` index)."""
+    return s.scalar(select(WeakLabel).where(WeakLabel.image_id == image_id, WeakLabel.superseded_at.is_(None)))
+
+
+def supersede_label(s: Session, current: WeakLabel | None, new: WeakLabel) -> WeakLabel:
+    """``new`` becomes the image's current label and ``current`` (if any) its history."""
+    if current is not None:
+        current.superseded_at = new.created_at or utcnow()
+        s.flush()  # at most one current label per image: the old one stops being current first
+    s.add(new)
+    s.flush()
+    return new

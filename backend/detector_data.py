@@ -22,6 +22,7 @@ from backend.image_store import load_pixels
 from backend.models import Annotation, Box, Image, ImageStatus, Label, WeakLabel
 from imaging.tensor_cache import TensorCache
 from ml_backend.boxes import Detections
+from ml_backend.fusion import fuse
 
 
 @dataclass
@@ -115,3 +116,13 @@ def to_input(boxes: np.ndarray, scale: tuple[float, float]) -> np.ndarray:
 def to_original(det: Detections, scale: tuple[float, float]) -> Detections:
     inv = np.array([1 / scale[0], 1 / scale[1], 1 / scale[0], 1 / scale[1]], np.float32)
     return Detections(det.boxes * inv, det.scores, det.labels)
+
+
+def offered_boxes(det: Detections, scale: tuple[float, float], p_abnormal: float | None, threshold: float,
+                  min_score: float) -> Detections:
+    """What a radiologist is offered: input-pixel detections in original pixels, fused with the
+    image-level classifier when there is one (VinDr-SpineXR), none under ``min_score``."""
+    det = to_original(det, scale)
+    if p_abnormal is not None:
+        det = fuse([det], [p_abnormal], threshold)[0]
+    return det.select(det.scores >= min_score)

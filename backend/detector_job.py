@@ -20,7 +20,7 @@ from sqlalchemy import select, update
 
 from backend import model_store
 from backend.config import Settings
-from backend.detector_data import (LabelledImage, detector_inputs, labelled_images, scale_of, to_input, to_original,
+from backend.detector_data import (LabelledImage, detector_inputs, labelled_images, offered_boxes, scale_of, to_input,
                                    unlabelled_images)
 from backend.detector_eval import judge, validation_mask
 from backend.detector_store import KIND
@@ -33,7 +33,6 @@ from backend.sorter_job import predicted_regions
 from ml_backend.abnormality import AbnormalityClassifier
 from ml_backend.active_learning import priority_scores
 from ml_backend.detector import DetectorConfig, LesionDetector
-from ml_backend.fusion import fuse
 
 log = logging.getLogger("samx.detector")
 
@@ -160,10 +159,8 @@ def rank_unlabelled(settings: Settings, db, detector: LesionDetector, classifier
     ranking = []
     for rank, i in enumerate(order, 1):
         image_id, _, _, width, height = todo[i]
-        det = to_original(analysis.detections[i], scale_of(width, height, inputs[i]))
-        if p is not None:
-            det = fuse([det], [p[i]], threshold)[0]
-        det = det.select(det.scores >= settings.detector_min_score)
+        det = offered_boxes(analysis.detections[i], scale_of(width, height, inputs[i]),
+                            None if p is None else float(p[i]), threshold, settings.detector_min_score)
         ranking.append({"image_id": int(image_id), "rank": rank, "priority": float(priority[i]),
                         "uncertainty": float(analysis.uncertainty[i]),
                         "result": prediction_result(det, width, height, p_abnormal=None if p is None else float(p[i]),

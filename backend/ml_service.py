@@ -22,9 +22,8 @@ from sqlalchemy import select
 
 from backend.config import Settings
 from backend.db import Database
-from backend.detector_data import input_cache, scale_of, to_original
+from backend.detector_data import input_cache, offered_boxes, scale_of
 from backend.detector_retrain import maybe_retrain
-from backend.sorter_retrain import maybe_retrain as maybe_retrain_sorter
 from backend.detector_store import KIND as DETECTOR
 from backend.detector_store import DetectorVersion, active_version, load_version
 from backend.image_store import load_pixels
@@ -34,9 +33,9 @@ from backend.labelstudio.sync import LOCAL_FILES_URL, local_path
 from backend.ml_backend_auth import credentials
 from backend.models import Image, ImageStatus, ModelVersion
 from backend.sorter_job import predicted_regions
+from backend.sorter_retrain import maybe_retrain as maybe_retrain_sorter
 from imaging.reader import read_radiograph
 from imaging.tensor_cache import prepare_tensor
-from ml_backend.fusion import fuse
 from ml_backend.model_slot import ModelSlot
 from ml_backend.protocol import TaskError
 
@@ -98,11 +97,10 @@ class SamxBackend:
         if cur is not None:
             model: DetectorVersion = cur.model
             x = self._input(key, load, model.detector.config.size)
-            det = to_original(model.detector.predict([x])[0], scale_of(width, height, x))
             if model.classifier is not None:
                 p, threshold = float(model.classifier.predict_proba([x])[0]), model.threshold
-                det = fuse([det], [p], threshold)[0]
-            det = det.select(det.scores >= self.settings.detector_min_score)
+            det = offered_boxes(model.detector.predict([x])[0], scale_of(width, height, x), p, threshold,
+                                self.settings.detector_min_score)
             score = p if p is not None else float(det.scores.max(initial=0.0))
         result = prediction_result(det, width, height, p_abnormal=p, threshold=threshold,
                                    region=self._region(image.get("id")))

@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
 from backend.config import Settings
+from backend.db import current_label
 from backend.decisions import (
     DECIDING_ROLES,
     Actor,
@@ -92,10 +93,6 @@ def review_queue(s: Session, *, limit: int = 50, offset: int = 0, kind: str = "d
     return items, total
 
 
-def _current(s: Session, image_id: int) -> WeakLabel | None:
-    return s.scalar(select(WeakLabel).where(WeakLabel.image_id == image_id, WeakLabel.superseded_at.is_(None)))
-
-
 def _describe(s: Session, w: WeakLabel | None) -> str:
     if w is None:
         return "no label"
@@ -126,7 +123,7 @@ def correct_label(s: Session, user: Any, image_id: Any, *, label_id: Any, seen_l
     if not isinstance(accept_prediction, bool):
         raise DecisionError(f"accept_prediction must be true or false, got {accept_prediction!r}")
 
-    current = _current(s, iid)
+    current = current_label(s, iid)
     if current is None or current.id != seen:
         raise Conflict(f"The label of image {iid} was changed since you loaded the page: it is now "
                        f"{_describe(s, current)}. Nothing of yours was saved — reload to see it.")
@@ -173,7 +170,7 @@ def image_sorter(s: Session, image_id: int) -> dict | None:
                     .outerjoin(pred, pred.id == SorterPrediction.label_id)
                     .outerjoin(second, second.id == SorterPrediction.second_label_id)
                     .where(SorterPrediction.model_version_id == mv.id, SorterPrediction.image_id == image_id)).first()
-    current = _current(s, image_id)
+    current = current_label(s, image_id)
     out = {"version": mv.version, "model_version_id": mv.id, "threshold": (mv.metrics or {}).get("threshold"),
            "size": (mv.config or {}).get("size"), "predicted": row is not None}
     if row is not None:

@@ -17,7 +17,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from backend.db import Database, label_id
+from backend.db import Database, current_label, label_id, supersede_label
 from backend.labelstudio.config import ABNORMAL, ABNORMAL_FROM_NAME, LESION_FROM_NAME, REGION_FROM_NAME
 from backend.models import Annotation, Box, Image, LabelSource, WeakLabel, utcnow
 
@@ -120,16 +120,11 @@ def upsert_annotation(s: Session, ann: Any, task: Any, result: SyncResult) -> No
 def _label_region(s: Session, image_id: int, region_id: int, annotation_id: int) -> bool:
     """Supersede the image's weak label with the annotator's region, unless a person's label
     (this annotation's or another) already says the same."""
-    current = s.scalar(select(WeakLabel).where(WeakLabel.image_id == image_id, WeakLabel.superseded_at.is_(None)))
+    current = current_label(s, image_id)
     if current is not None and current.label_id == region_id and current.source == LabelSource.manual:
         return False
-    now = utcnow()
-    if current is not None:
-        current.superseded_at = now
-        s.flush()  # at most one current label per image: the old one stops being current first
-    s.add(WeakLabel(image_id=image_id, label_id=region_id, source=LabelSource.manual, annotation_id=annotation_id,
-                    created_at=now))
-    s.flush()
+    supersede_label(s, current, WeakLabel(image_id=image_id, label_id=region_id, source=LabelSource.manual,
+                                          annotation_id=annotation_id))
     return True
 
 
