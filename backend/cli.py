@@ -305,18 +305,29 @@ def worker(settings: Settings, workers: int, burst: bool) -> None:
     run_worker(settings, workers, burst=burst)
 
 
+SERVER = click.option("--server", type=click.Choice(["werkzeug", "gunicorn"]), default="werkzeug", show_default=True,
+                      help="werkzeug: one threaded process, for one machine; gunicorn: the production WSGI server.")
+
+
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on (0.0.0.0: all).")
 @click.option("--port", type=int, default=5000, show_default=True)
+@SERVER
+@click.option("--workers", type=click.IntRange(1), default=2, show_default=True, help="gunicorn worker processes.")
+@click.option("--threads", type=click.IntRange(1), default=4, show_default=True, help="Threads per gunicorn worker.")
 @pass_settings
-def serve(settings: Settings, host: str, port: int) -> None:
-    """Run the cluster-naming web app (werkzeug's threaded server; put a proxy in front for TLS)."""
+def serve(settings: Settings, host: str, port: int, server: str, workers: int, threads: int) -> None:
+    """Run the cluster-naming web app (put a proxy in front for TLS)."""
     from backend.web import create_app
 
     open_db(settings).dispose()  # schema and vocabulary up to date before the first request
-    app = create_app(settings)
-    click.echo(f"samx web app on http://{host}:{port}/  (data directory {settings.data_dir})", err=True)
-    app.run(host=host, port=port, threaded=True, use_reloader=False)
+    click.echo(f"samx web app on http://{host}:{port}/  ({server}; data directory {settings.data_dir})", err=True)
+    if server == "gunicorn":
+        from backend.production_server import run_gunicorn
+
+        run_gunicorn(lambda: create_app(settings), host, port, workers=workers, threads=threads)
+    else:
+        create_app(settings).run(host=host, port=port, threaded=True, use_reloader=False)
 
 
 def _csv(value: str | None) -> list[str]:
@@ -503,8 +514,11 @@ def _ci(ci) -> str:
 @main.command("ml-backend")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=9090, show_default=True)
+@SERVER
+@click.option("--threads", type=click.IntRange(1), default=8, show_default=True,
+              help="gunicorn request threads (one process: the model lives in it).")
 @pass_settings
-def ml_backend(settings: Settings, host: str, port: int) -> None:
+def ml_backend(settings: Settings, host: str, port: int, server: str, threads: int) -> None:
     """Serve Label Studio's ML-backend protocol: pre-annotations from the active detector
     (swapped in when a new version is complete), webhook events into the database, retrains
     queued for `samx worker`. Basic auth: the pair in DATA_DIR/ml-backend/credentials.json
@@ -516,7 +530,7 @@ def ml_backend(settings: Settings, host: str, port: int) -> None:
     user, _ = credentials(settings)
     click.echo(f"ML backend on http://{host}:{port} (basic auth user {user!r}); connect it with "
                f"`samx labelstudio sync --ml-backend-url http://{host}:{port}`", err=True)
-    serve(settings, host, port)
+    serve(settings, host, port, server=server, threads=threads)
 
 
 @main.command()

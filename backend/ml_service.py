@@ -238,17 +238,33 @@ class SamxBackend:
 
 
 
-def serve(settings: Settings, host: str = "127.0.0.1", port: int = 9090, *, watch_every: float = 2.0) -> None:
-    """``samx ml-backend``: the threaded Flask server until Ctrl-C."""
-    from werkzeug.serving import run_simple
-
+def serve(settings: Settings, host: str = "127.0.0.1", port: int = 9090, *, watch_every: float = 2.0,
+          server: str = "werkzeug", threads: int = 8) -> None:
+    """``samx ml-backend`` until Ctrl-C/SIGTERM. One process either way: the model slot, its
+    watcher and the webhook debounce live in it (``threads`` serve requests; gunicorn's gthread
+    worker in production)."""
     from ml_backend.server import create_app
 
-    db = Database(settings)
-    backend = SamxBackend(settings, db).start(watch_every)
-    app = create_app(backend, basic_auth=credentials(settings))
-    log.info("ml backend on http://%s:%d serving %s", host, port, backend.model_version())
+    running: list[SamxBackend] = []
+
+    def build():
+        backend = SamxBackend(settings, Database(settings)).start(watch_every)
+        running.append(backend)
+        log.info("ml backend on http://%s:%d serving %s", host, port, backend.model_version())
+        return create_app(backend, basic_auth=credentials(settings))
+
+    def stop():
+        while running:
+            running.pop().stop()
+
+    if server == "gunicorn":
+        from backend.production_server import run_gunicorn
+
+        run_gunicorn(build, host, port, workers=1, threads=threads, on_exit=stop)
+        return
+    from werkzeug.serving import run_simple
+
     try:
-        run_simple(host, port, app, threaded=True, use_reloader=False, use_debugger=False)
+        run_simple(host, port, build(), threaded=True, use_reloader=False, use_debugger=False)
     finally:
-        backend.stop()
+        stop()

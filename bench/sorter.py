@@ -126,6 +126,10 @@ def main() -> None:
           f"abstained on {unsure.sum()} ({1 - coverage:.1%}), top-1 of the rest {accepted:.4f}")
     errors = Counter(f"{t}->{p}" for t, p in zip(truth, pred) if t != p)
     print("held-out errors (true->predicted): " + (", ".join(f"{k} {v}" for k, v in errors.most_common()) or "none"))
+    for r, t in zip(rows, truth):
+        if t not in (r["prediction"], r["second"]):
+            print(f"  top-2 miss {r['file']}: true {t}, predicted {r['prediction']} {r['confidence']}, "
+                  f"{r['second']} {r['second_confidence']}")
 
     # --- the same images, prepared once, through the bare network --------------------------------
     paths = _files(test_dir / "images")
