@@ -10,7 +10,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ import yaml
 
 from backend.cli import main as samx_cli
 from tests.conftest import make_settings
+from tests.labelstudio_fixtures import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -126,12 +126,6 @@ def test_the_image_holds_every_package():
 # the compose process layout, natively: gunicorn on PostgreSQL + Redis
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _get(url: str, headers: dict | None = None) -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=5) as resp:
@@ -165,7 +159,7 @@ def test_gunicorn_services_on_postgres_and_redis(tmp_path, postgres_url, redis_u
     services = COMPOSE["services"]
 
     def launch(name: str, port: int) -> subprocess.Popen:
-        args = [a for a in services[name]["command"][1:]]
+        args = list(services[name]["command"][1:])
         args[args.index("--port") + 1] = str(port)
         args[args.index("--host") + 1] = "127.0.0.1"
         return subprocess.Popen([sys.executable, "-m", "backend.cli", *args], env=env, stdout=subprocess.PIPE,
@@ -176,7 +170,7 @@ def test_gunicorn_services_on_postgres_and_redis(tmp_path, postgres_url, redis_u
     subprocess.run(init, env=env, check=True, capture_output=True, timeout=120)
     subprocess.run(init, env=env, check=True, capture_output=True, timeout=120)  # every `up` runs it again
 
-    web_port, ml_port = _free_port(), _free_port()
+    web_port, ml_port = free_port(), free_port()
     web, ml = launch("web", web_port), launch("ml-backend", ml_port)
     try:
         status, body = _wait_for(f"http://127.0.0.1:{web_port}/login", web)
