@@ -19,6 +19,12 @@ def _number_env(name: str, default, kind=int):
         raise ValueError(f"{name} must be {what}, got {raw!r}") from None
 
 
+def _positive_hours(hours: float) -> float:
+    if not hours > 0 or hours == float("inf"):
+        raise ValueError(f"SAMX_SESSION_HOURS must be a positive number of hours, got {hours!r}")
+    return hours
+
+
 @dataclass(frozen=True)
 class Settings:
     """One object passed down explicitly; nothing reads the environment behind its back."""
@@ -50,6 +56,8 @@ class Settings:
     ml_backend_url: str | None = None  # e.g. http://127.0.0.1:9090 (the samx ML backend)
     #: Lesion classes boxed in Label Studio; empty: the active lesion labels of the vocabulary.
     lesion_classes: tuple[str, ...] = ()
+    #: A web login ends after this many hours without a request (the signed cookie expires).
+    session_hours: float = 12.0
 
     @classmethod
     def from_env(cls, data_dir: str | Path | None = None) -> "Settings":
@@ -77,6 +85,7 @@ class Settings:
                    label_studio_password=env("SAMX_LABEL_STUDIO_PASSWORD"),
                    label_studio_token=env("SAMX_LABEL_STUDIO_TOKEN"),
                    ml_backend_url=env("SAMX_ML_BACKEND_URL"),
+                   session_hours=_positive_hours(_number_env("SAMX_SESSION_HOURS", 12.0, float)),
                    lesion_classes=tuple(c.strip() for c in (env("SAMX_LESION_CLASSES") or "").split(",") if c.strip()))
 
     # Layout of the data directory: one place to change it.

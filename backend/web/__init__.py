@@ -10,10 +10,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+from datetime import timedelta
 
 from flask import Flask, render_template
 from flask_wtf.csrf import CSRFProtect
-from werkzeug.exceptions import HTTPException, InternalServerError
+from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntityTooLarge
 
 from backend.config import Settings
 from backend.db import Database
@@ -39,6 +40,10 @@ def create_app(settings: Settings, *, testing: bool = False) -> Flask:
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         WTF_CSRF_TIME_LIMIT=None,  # a token lives as long as the session: naming takes hours
+        # Sessions are permanent (set at login) and refreshed on every request, so this is an
+        # idle timeout: Flask refuses a signed cookie older than the lifetime.
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=settings.session_hours),
+        SESSION_REFRESH_EACH_REQUEST=True,
         MAX_CONTENT_LENGTH=4 * 1024 * 1024,
         JSON_SORT_KEYS=False,
     )
@@ -76,6 +81,8 @@ def _register_errors(app: Flask) -> None:
         if isinstance(exc, InternalServerError):
             log.error("unhandled error", exc_info=exc.original_exception)
             message = "internal error; the details are in the server log"
+        elif isinstance(exc, RequestEntityTooLarge):
+            message = f"request body too large: the limit is {app.config['MAX_CONTENT_LENGTH'] // 2**20} MiB"
         else:
             message = exc.description or exc.name
         if wants_json():

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from functools import wraps
 from urllib.parse import urlsplit
 
-from flask import Blueprint, flash, redirect, render_template, request, url_for
+from flask import Blueprint, flash, redirect, render_template, request, session, url_for
 from flask_login import LoginManager, UserMixin, current_user, login_user, logout_user
 from werkzeug.exceptions import Forbidden
 
@@ -116,6 +116,7 @@ def login():
         if row is None:
             flash("Unknown user or wrong password.", "error")
             return render_template("login.html", username=username, next=request.form.get("next", "")), 401
+        session.permanent = True  # expires after Settings.session_hours without a request
         login_user(WebUser.of(row))
         return redirect(_safe_next(request.form.get("next")))
     if current_user.is_authenticated:
