@@ -14,9 +14,11 @@ import cv2
 import numpy as np
 from skimage import exposure
 
-from imaging.roi import ClassicRoi, RoiMasker, check_image
+from imaging.roi import ClassicRoi, RoiMasker, check_image, is_flat
 
 _DEFAULT_ROI = ClassicRoi()
+#: _HIST_NOTE: histograms are taken in float64. numpy makes bin edges in the data's dtype, and
+#: 4096 float32 edges over a narrow range (a nearly flat image, ~1e-4 wide) collide and raise.
 
 
 def _finish(out: np.ndarray) -> np.ndarray:
@@ -36,9 +38,9 @@ def naive_8bit(img: np.ndarray) -> np.ndarray:
 def global_he(img: np.ndarray, nbins: int = 4096) -> np.ndarray:
     """Histogram equalisation over every pixel (borders and background included)."""
     img = check_image(img)
-    if np.ptp(img) == 0:
+    if is_flat(img):
         return img.copy()  # one grey level: nothing to redistribute
-    return _finish(exposure.equalize_hist(img, nbins=nbins))
+    return _finish(exposure.equalize_hist(img.astype(np.float64), nbins=nbins))  # float64: see _HIST_NOTE
 
 
 def clahe(img: np.ndarray, clip_limit: float = 0.01, tile_grid: int = 8, nbins: int = 4096) -> np.ndarray:
@@ -49,7 +51,7 @@ def clahe(img: np.ndarray, clip_limit: float = 0.01, tile_grid: int = 8, nbins: 
     skimage's meaning (fraction of a tile's pixels per bin of a 256-bin histogram).
     """
     img = check_image(img)
-    if np.ptp(img) == 0:
+    if is_flat(img):
         return img.copy()
     h, w = img.shape
     tile_px = max(1, (h // tile_grid) * (w // tile_grid))
@@ -85,9 +87,9 @@ def foreground_he(
         raise ValueError(f"mask shape {mask.shape} differs from image shape {img.shape}")
     if not mask.any():
         mask = np.ones(img.shape, dtype=bool)
-    if np.ptp(img[mask]) == 0:
+    if is_flat(img[mask]):
         return global_he(img, nbins)  # flat ROI has no histogram to learn from
-    return _finish(exposure.equalize_hist(img, nbins=nbins, mask=mask))
+    return _finish(exposure.equalize_hist(img.astype(np.float64), nbins=nbins, mask=mask))  # see _HIST_NOTE
 
 
 def _naive8_float(img: np.ndarray) -> np.ndarray:

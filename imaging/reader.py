@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from imaging.errors import ImageRejected
+from imaging.errors import ImageRejected, one_line
 from imaging.radiograph import Radiograph, RadiographMeta
 
 if TYPE_CHECKING:
@@ -69,7 +69,11 @@ def read_radiograph(
         raise
     except MemoryError:
         raise ImageRejected("too_large", "not enough memory to decode the image") from None
-    except Exception as exc:  # a decoder bug on hostile bytes must still end as a reason
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    # A decoder bug on hostile bytes must still end as a reason. BaseException, not Exception:
+    # the Rust decoders (pylibjpeg-rle) panic with pyo3's PanicException, a BaseException.
+    except BaseException as exc:
         raise ImageRejected("corrupt", f"{type(exc).__name__}: {_one_line(exc)}") from None
 
 
@@ -90,7 +94,7 @@ def read_bytes(source: str | Path | bytes) -> bytes:
 
 
 def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:300]
+    return one_line(str(exc))
 
 
 def _check_size(rows: int, cols: int, frames: int, samples: int, max_pixels: int) -> None:

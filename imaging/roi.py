@@ -32,6 +32,16 @@ def check_image(img: np.ndarray) -> np.ndarray:
     return np.clip(img, 0.0, 1.0)
 
 
+#: Below one 16-bit grey level: what resampling leaves on a flat image is rounding noise, and
+#: a histogram over such a range cannot have finite-width bins.
+FLAT_RANGE = 1.0 / 65536
+
+
+def is_flat(values: np.ndarray) -> bool:
+    """One grey level (up to float rounding): nothing to threshold or equalise."""
+    return values.size == 0 or float(np.ptp(values)) < FLAT_RANGE
+
+
 def _downsample(img: np.ndarray, long_side: int) -> np.ndarray:
     h, w = img.shape
     scale = long_side / max(h, w)
@@ -187,11 +197,11 @@ class ClassicRoi:
         """Collimation/shutter bands of the working image (True = not body)."""
         smooth = self._smooth(small) if smooth is None else smooth
         border = np.zeros(small.shape, dtype=bool)
-        if min(small.shape) < 8 or np.ptp(smooth) == 0:
+        if min(small.shape) < 8 or is_flat(smooth):
             return border
         flat = _local_std(smooth, 5) < self.flat_tol
         quiet = _local_std(small, 3) <= max(0.25 * _noise_sigma(small), 1e-4)
-        split = threshold_otsu(smooth)
+        split = threshold_otsu(smooth.astype(np.float64))  # float64: narrow ranges (imaging.enhance)
         for edge, line, length in _edge_lines(small.shape):
             value = float(np.median(smooth[line]))
             bright = value > split
@@ -260,9 +270,9 @@ class ClassicRoi:
 
     def _threshold(self, smooth: np.ndarray, border: np.ndarray) -> np.ndarray:
         rest = smooth[~border]
-        if rest.size == 0 or np.ptp(rest) == 0:
+        if is_flat(rest):
             return np.zeros(smooth.shape, dtype=bool)
-        return (smooth > threshold_otsu(rest)) & ~border
+        return (smooth > threshold_otsu(rest.astype(np.float64))) & ~border
 
 
 class AttentionRoi:
