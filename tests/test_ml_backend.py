@@ -6,8 +6,14 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import os
+import signal
 import struct
+import subprocess
+import sys
+import time
 import zlib
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +23,7 @@ from sqlalchemy import delete, func, select
 from backend.detector_data import labelled_images
 from backend.detector_retrain import maybe_retrain
 from backend.ingest import ingest_paths
+from backend.jobs import enqueue, reap_stale
 from backend.labelstudio.annotations import apply_event
 from backend.labelstudio.config import IMAGE_TO_NAME, LESION_FROM_NAME
 from backend.labelstudio.server import files_root
@@ -313,6 +320,52 @@ def test_a_broken_new_version_is_not_served_and_the_old_one_keeps_serving(world,
     assert client.get("/health").get_json()["model_version"] == trained.result["version"]
     with db.session() as s:
         s.execute(delete(ModelVersion).where(ModelVersion.version == "broken"))
+
+
+def test_worker_killed_mid_training_leaves_the_old_model_serving(world, client, trained):
+    """kill -9 of the worker while a retrain is in its detector epochs: the ML backend keeps
+    serving the previous version, no version row or folder appears, the annotations are
+    untouched, and the job is marked failed once the worker is found dead."""
+    db, settings = world["db"], world["settings"]
+    old = trained.result["version"]
+
+    def state():
+        with db.session() as s:
+            return (s.scalar(select(func.count()).select_from(ModelVersion)), s.scalar(select(func.count()).select_from(Annotation)),
+                    s.scalar(select(func.count()).select_from(Box)))
+
+    before = state()
+    folders = {p.name for p in (settings.models_dir / "detector").iterdir()}
+    job = enqueue(db, "train_detector", {"epochs": 500, "size": 128, "classifier_epochs": 2, "min_images": 4})
+    env = dict(os.environ, SAMX_DATA_DIR=str(settings.data_dir), DATABASE_URL=settings.database_url,
+               SAMX_QUEUE=settings.queue_url)
+    worker = subprocess.Popen([sys.executable, "-m", "backend.cli", "worker"], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and worker.poll() is None:
+            with db.session() as s:
+                row = s.get(Job, job.id)
+            if row.status == JobStatus.running and (row.message or "").startswith("detector: epoch 2"):
+                break
+            time.sleep(0.2)
+        assert row.status == JobStatus.running and (row.message or "").startswith("detector"), (row.status, row.message)
+        os.killpg(worker.pid, signal.SIGKILL)  # kill -9, mid-training
+        worker.wait(timeout=10)
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+    client.backend.slot.refresh()
+    health = client.get("/health").get_json()
+    assert health["model_version"] == old
+    task = {"id": 1, "data": {"samx_image_id": world["images"][12]["id"]}}
+    assert client.post("/predict", json={"tasks": [task]}).get_json()["results"][0]["model_version"] == old
+    assert state() == before
+    assert {p.name for p in (settings.models_dir / "detector").iterdir()} == folders
+    assert reap_stale(db, stale_after=timedelta(0), requeue=False) == [job.id]
+    with db.session() as s:
+        dead = s.get(Job, job.id)
+    assert dead.status == JobStatus.failed and "stopped without finishing" in dead.error
 
 
 def test_no_model_yet_still_answers_with_a_stable_version(world):
