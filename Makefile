@@ -22,19 +22,11 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@touch $(STAMP)
 
-# Phantoms (or your own folder: make demo SAMX_DATA=/path/to/radiographs) -> ingest -> DeepCluster.
-demo: $(STAMP)
-	@$(SAMX) --data-dir $(DEMO_DIR) init
-	@if [ -n "$(SAMX_DATA)" ]; then \
-	    $(SAMX) --data-dir $(DEMO_DIR) ingest "$(SAMX_DATA)" --report $(DEMO_DIR)/ingest-report.json; \
-	else \
-	    test -f $(DEMO_DIR)/phantoms/truth.json || $(SAMX) synth $(DEMO_DIR)/phantoms --n $(DEMO_N); \
-	    $(SAMX) --data-dir $(DEMO_DIR) ingest $(DEMO_DIR)/phantoms/images --report $(DEMO_DIR)/ingest-report.json; \
-	fi
-	@$(SAMX) --data-dir $(DEMO_DIR) cluster --epochs $(DEMO_EPOCHS)
-	@$(SAMX) --data-dir $(DEMO_DIR) jobs --limit 3
-	@echo "thumbnails: $(abspath $(DEMO_DIR))/thumbnails   log: $(abspath $(DEMO_DIR))/logs/samx.log"
-	@echo "name the clusters: $(SAMX) --data-dir $(DEMO_DIR) serve   (log in with the admin account printed by init)"
+# The whole loop (backend/demo.py): phantoms (or `make demo SAMX_DATA=/path/to/radiographs`) ->
+# ingest -> DeepCluster -> simulated naming -> first sorter and detector -> worker, ML backend,
+# web app and Label Studio until Ctrl-C. A second run reuses everything.
+demo: $(STAMP) $(LS_STAMP)
+	@$(SAMX) --data-dir $(DEMO_DIR) demo --n $(DEMO_N) --cluster-epochs $(DEMO_EPOCHS)
 
 # `samx labelstudio up` starts $(LS_VENV)/bin/label-studio (or SAMX_LABEL_STUDIO_BIN).
 labelstudio: $(LS_STAMP)

@@ -53,19 +53,30 @@ pass_settings = click.make_pass_decorator(Settings)
 @pass_settings
 def init(settings: Settings, admin_user: str, admin_password: str | None) -> None:
     """Create the data directory, database schema, vocabulary and first admin account."""
-    from backend.users import ensure_admin
-
     db = open_db(settings)
-    settings.secret()
-    made = ensure_admin(db, admin_user, admin_password)
+    made = _first_admin(settings, db, admin_user, admin_password)
     click.echo(f"data directory: {settings.data_dir}")
     click.echo(f"database:       {_safe_url(settings.database_url)}")
     click.echo(f"job queue:      {settings.queue_url if settings.queue_url != 'sqlite' else settings.queue_file}")
     if made:
-        pw_file = settings.data_dir / "initial-admin-password"
+        click.echo(f"admin account:  {made[0]} / {made[1]}  (also in {settings.data_dir / INITIAL_PASSWORD_FILE})")
+
+
+def _first_admin(settings: Settings, db: Database, username: str = "admin", password: str | None = None):
+    """The installation secret, and on the first run an admin whose password is also kept in a
+    private file: (username, password) when one was made."""
+    from backend.users import ensure_admin
+
+    settings.secret()
+    made = ensure_admin(db, username, password)
+    if made:
+        pw_file = settings.data_dir / INITIAL_PASSWORD_FILE
         pw_file.write_text(made[1] + "\n")
         pw_file.chmod(0o600)
-        click.echo(f"admin account:  {made[0]} / {made[1]}  (also in {pw_file})")
+    return made
+
+
+INITIAL_PASSWORD_FILE = "initial-admin-password"
 
 
 def _safe_url(url: str) -> str:
@@ -138,20 +149,14 @@ def _run_job(db: Database, kind: str, params: dict, background: bool, unit: str)
     """Queue the job for `samx worker` (None), or run it here with a progress bar: its result,
     or a clear error."""
     from backend.jobs import enqueue, execute
+    from backend.jobs.progress_bar import progress_bar
     from backend.models import JobStatus
 
     job = enqueue(db, kind, params, send=background)
     if background:
         click.echo(f"queued job {job.id}; run `samx worker` to process it, `samx jobs show {job.id}` to follow it")
         return None
-    with tqdm(desc=kind, unit=unit, disable=None) as bar:
-        def on_progress(done: int, total: int | None, msg: str | None) -> None:
-            if total is not None and bar.total != total:
-                bar.total = total
-            if msg:
-                bar.set_postfix_str(msg[:60], refresh=False)
-            bar.update(done - bar.n)
-
+    with progress_bar(kind, unit) as on_progress:
         finished = execute(db, job.id, on_progress=on_progress)
     if finished is None or finished.status != JobStatus.succeeded:
         raise click.ClickException(f"{kind} failed: {finished.error if finished else 'job could not start'}")
@@ -728,6 +733,32 @@ def labelstudio_sync(settings: Settings, classes: str | None, ml_backend_url: st
             raise click.ClickException(f"ML backend not connected: {r.ml_error}")
         click.echo(f"ML backend {r.ml_backend_url} (id {r.ml_backend_id}) {'connected' if r.ml_backend_created else 'already connected'}"
                    + ("; webhook added" if r.webhook_created else ""))
+
+
+@main.command()
+@click.option("--data", "data", type=click.Path(exists=True, file_okay=False), envvar="SAMX_DATA",
+              help="Your radiographs instead of phantoms (no simulated naming or first models then).")
+@click.option("--n", "n", type=int, default=240, show_default=True, help="Phantoms to generate.")
+@click.option("--cluster-epochs", type=int, default=20, show_default=True)
+@click.option("--web-port", type=int, default=5000, show_default=True)
+@click.option("--ml-port", type=int, default=9090, show_default=True)
+@click.option("--no-label-studio", is_flag=True, help="Do not start Label Studio.")
+@pass_settings
+def demo(settings: Settings, data: str | None, n: int, cluster_epochs: int, web_port: int, ml_port: int,
+         no_label_studio: bool) -> None:
+    """The whole loop on this machine: ingest, cluster, first sorter and detector, then the
+    worker, ML backend, web app and Label Studio until Ctrl-C. A second run reuses everything."""
+    from backend.demo import DemoOptions, prepare, serve
+
+    db = open_db(settings)
+    _first_admin(settings, db)
+    opts = DemoOptions(data=Path(data).resolve() if data else None, n=n, cluster_epochs=cluster_epochs,
+                       web_port=web_port, ml_port=ml_port, label_studio=not no_label_studio)
+    try:
+        prepare(settings, db, opts, click.echo)
+        serve(settings, db, opts, click.echo)
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 if __name__ == "__main__":  # pragma: no cover

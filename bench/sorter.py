@@ -1,7 +1,7 @@
 """The SAM-X sorter, the whole path on phantoms: cluster -> simulated naming -> train -> sort.
 
 2,000 phantoms of 8 regions are ingested and clustered by the real `cluster` job, named by the
-simulated radiologist (bench/simulated_radiologist.py) and the sorter is trained on those weak
+simulated radiologist (backend/simulated_radiologist.py) and the sorter is trained on those weak
 labels by the real `train_sorter` job (5-fold cross-validation, then the version itself). It is
 then judged on 400 held-out phantoms (another seed: other patients) with their TRUE regions,
 sorted by `samx sort`'s code path. Also printed: similar-case precision@5 (held-out images
@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 OUT = ROOT / "bench" / "out"
 from bench.cached_phantoms import cached_phantoms  # noqa: E402
 from bench.fresh_database import fresh_database  # noqa: E402
-from bench.simulated_radiologist import name_clusters  # noqa: E402
+from backend.simulated_radiologist import name_clusters  # noqa: E402
 
 REGIONS = ["hand", "wrist", "knee", "foot", "pelvis", "chest", "spine", "skull"]
 

@@ -1,4 +1,4 @@
-"""The simulated radiologist the benchmarks share: names clusters through the same decision
+"""The simulated radiologist of the benchmarks and `samx demo`: names clusters through the same decision
 service the web page uses, looking at each cluster's true regions.
 
 It names a cluster by its majority region when at least ``purity`` of it agrees, merging it
