@@ -53,30 +53,17 @@ pass_settings = click.make_pass_decorator(Settings)
 @pass_settings
 def init(settings: Settings, admin_user: str, admin_password: str | None) -> None:
     """Create the data directory, database schema, vocabulary and first admin account."""
+    from backend.users import first_admin, initial_password_file
+
     db = open_db(settings)
-    made = _first_admin(settings, db, admin_user, admin_password)
+    made = first_admin(settings, db, admin_user, admin_password)
     click.echo(f"data directory: {settings.data_dir}")
     click.echo(f"database:       {_safe_url(settings.database_url)}")
     click.echo(f"job queue:      {settings.queue_url if settings.queue_url != 'sqlite' else settings.queue_file}")
     if made:
-        click.echo(f"admin account:  {made[0]} / {made[1]}  (also in {settings.data_dir / INITIAL_PASSWORD_FILE})")
+        click.echo(f"admin account:  {made[0]} / {made[1]}  (also in {initial_password_file(settings)})")
 
 
-def _first_admin(settings: Settings, db: Database, username: str = "admin", password: str | None = None):
-    """The installation secret, and on the first run an admin whose password is also kept in a
-    private file: (username, password) when one was made."""
-    from backend.users import ensure_admin
-
-    settings.secret()
-    made = ensure_admin(db, username, password)
-    if made:
-        pw_file = settings.data_dir / INITIAL_PASSWORD_FILE
-        pw_file.write_text(made[1] + "\n")
-        pw_file.chmod(0o600)
-    return made
-
-
-INITIAL_PASSWORD_FILE = "initial-admin-password"
 
 
 def _safe_url(url: str) -> str:
@@ -751,11 +738,13 @@ def demo(settings: Settings, data: str | None, n: int, cluster_epochs: int, sort
     """The whole loop on this machine: ingest, cluster, first sorter and detector, then the
     worker, ML backend, web app and Label Studio until Ctrl-C. A second run reuses everything."""
     from backend.demo import DemoOptions, prepare, serve
+    from backend.users import first_admin
 
     db = open_db(settings)
-    _first_admin(settings, db)
+    first_admin(settings, db)
     opts = DemoOptions(data=Path(data).resolve() if data else None, n=n, cluster_epochs=cluster_epochs,
-                       sorter_epochs=sorter_epochs, detector_epochs=detector_epochs, web_port=web_port, ml_port=ml_port, label_studio=not no_label_studio)
+                       sorter_epochs=sorter_epochs, detector_epochs=detector_epochs, web_port=web_port,
+                       ml_port=ml_port, label_studio=not no_label_studio)
     try:
         prepare(settings, db, opts, click.echo)
         serve(settings, db, opts, click.echo)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -45,11 +44,6 @@ class DemoOptions:
     web_port: int = 5000
     ml_port: int = 9090
     label_studio: bool = True
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) != 0
 
 
 def _job(db: Database, kind: str, params: dict, echo: Echo) -> dict:
@@ -186,10 +180,11 @@ def serve(settings: Settings, db: Database, opts: DemoOptions, echo: Echo) -> No
     """Start the servers, print where they are, block until Ctrl-C (or SIGTERM), stop them all."""
     from backend.labelstudio import server as ls
     from backend.labelstudio.sync import sync
-    from backend.ml_backend_auth import credentials
+    from backend.ml_backend_auth import credentials, credentials_file
+    from backend.users import initial_password_file
 
     for name, port in (("web app", opts.web_port), ("ML backend", opts.ml_port)):
-        if not _port_free(port):
+        if ls.port_in_use("127.0.0.1", port):
             raise RuntimeError(f"port {port} for the {name} is taken (is another demo running?)")
     logs = settings.logs_dir
     procs: list[subprocess.Popen] = []
@@ -204,8 +199,8 @@ def serve(settings: Settings, db: Database, opts: DemoOptions, echo: Echo) -> No
         ml_url, web_url = f"http://127.0.0.1:{opts.ml_port}", f"http://127.0.0.1:{opts.web_port}"
         _wait(f"{ml_url}/health", ml, auth=credentials(settings))
         _wait(f"{web_url}/login", web)
-        lines = [f"web app      {web_url}   log in as admin / {_admin_password(settings)}",
-                 f"ML backend   {ml_url}   (basic auth: {settings.data_dir / 'ml-backend' / 'credentials.json'})"]
+        lines = [f"web app      {web_url}   log in as admin / {_admin_password(initial_password_file(settings))}",
+                 f"ML backend   {ml_url}   (basic auth: {credentials_file(settings)})"]
         if opts.label_studio:
             try:
                 r = ls.up(settings, echo=echo)
@@ -234,6 +229,5 @@ def _interrupt(*_) -> None:
     raise KeyboardInterrupt
 
 
-def _admin_password(settings: Settings) -> str:
-    f = settings.data_dir / "initial-admin-password"  # written by `samx init` / `samx demo`
+def _admin_password(f: Path) -> str:
     return f.read_text().strip() if f.is_file() else "(the password you gave `samx init`)"

@@ -5,9 +5,14 @@ from __future__ import annotations
 import json
 import os
 import secrets
+from pathlib import Path
 
 from backend.config import Settings
 from imaging.files import create_private_json
+
+
+def credentials_file(settings: Settings) -> Path:
+    return settings.data_dir / "ml-backend" / "credentials.json"
 
 
 def credentials(settings: Settings) -> tuple[str, str]:
@@ -16,7 +21,7 @@ def credentials(settings: Settings) -> tuple[str, str]:
     user, password = os.environ.get("SAMX_ML_BACKEND_USER"), os.environ.get("SAMX_ML_BACKEND_PASSWORD")
     if user and password:
         return user, password
-    path = settings.data_dir / "ml-backend" / "credentials.json"
+    path = credentials_file(settings)
     if not path.exists():
         create_private_json(path, {"username": "labelstudio", "password": secrets.token_urlsafe(18)})
     stored = json.loads(path.read_text())

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import secrets
+from pathlib import Path
 
 from sqlalchemy import select
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from backend.config import Settings
 from backend.db import Database
 from backend.models import Role, User
 
@@ -39,3 +41,19 @@ def ensure_admin(db: Database, username: str = "admin", password: str | None = N
     password = password or secrets.token_urlsafe(12)
     create_user(db, username, password, Role.admin)
     return username, password
+
+
+def initial_password_file(settings: Settings) -> Path:
+    return settings.data_dir / "initial-admin-password"
+
+
+def first_admin(settings: Settings, db: Database, username: str = "admin", password: str | None = None):
+    """The installation secret, and on the first run an admin whose password is also kept in a
+    private file (`samx init`, `samx demo`): (username, password) when one was made."""
+    settings.secret()
+    made = ensure_admin(db, username, password)
+    if made:
+        pw_file = initial_password_file(settings)
+        pw_file.write_text(made[1] + "\n")
+        pw_file.chmod(0o600)
+    return made

@@ -74,7 +74,7 @@ def read_radiograph(
     # A decoder bug on hostile bytes must still end as a reason. BaseException, not Exception:
     # the Rust decoders (pylibjpeg-rle) panic with pyo3's PanicException, a BaseException.
     except BaseException as exc:
-        raise ImageRejected("corrupt", f"{type(exc).__name__}: {_one_line(exc)}") from None
+        raise ImageRejected("corrupt", f"{type(exc).__name__}: {one_line(str(exc))}") from None
 
 
 def read_bytes(source: str | Path | bytes) -> bytes:
@@ -91,10 +91,6 @@ def read_bytes(source: str | Path | bytes) -> bytes:
         raise
     except OSError as exc:
         raise ImageRejected("unreadable", f"cannot read file: {exc.strerror or exc}") from None
-
-
-def _one_line(exc: BaseException) -> str:
-    return one_line(str(exc))
 
 
 def _check_size(rows: int, cols: int, frames: int, samples: int, max_pixels: int) -> None:
@@ -153,11 +149,11 @@ def _read_pil(data: bytes, fmt: str, max_pixels: int) -> Radiograph:
     except ImageRejected:
         raise
     except Image.DecompressionBombError as exc:
-        raise ImageRejected("too_large", _one_line(exc)) from None
+        raise ImageRejected("too_large", one_line(str(exc))) from None
     except UnidentifiedImageError:
         raise ImageRejected("not_image", f"not a readable {fmt.upper()} file") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        msg = _one_line(exc)
+        msg = one_line(str(exc))
         code = "truncated" if "truncated" in msg.lower() or "incomplete" in msg.lower() else "corrupt"
         raise ImageRejected(code, f"{fmt.upper()} decoder: {msg}") from None
 
@@ -194,7 +190,7 @@ def _read_tiff(data: bytes, max_pixels: int) -> Radiograph:
     except ImageRejected:
         raise
     except Exception as exc:
-        msg = _one_line(exc)
+        msg = one_line(str(exc))
         code = "truncated" if "truncat" in msg.lower() or "eof" in msg.lower() else "corrupt"
         raise ImageRejected(code, f"TIFF decoder: {msg}") from None
     arr, converted = _to_gray(arr)
@@ -239,10 +235,10 @@ def _read_dicom(
     except InvalidDicomError:
         raise ImageRejected("not_image", "not a DICOM, PNG, JPEG or TIFF file") from None
     except (EOFError, OSError) as exc:
-        raise ImageRejected("truncated", f"DICOM file ends early: {_one_line(exc)}") from None
+        raise ImageRejected("truncated", f"DICOM file ends early: {one_line(str(exc))}") from None
     except Exception as exc:
         if has_preamble:
-            raise ImageRejected("corrupt", f"DICOM header unreadable: {_one_line(exc)}") from None
+            raise ImageRejected("corrupt", f"DICOM header unreadable: {one_line(str(exc))}") from None
         raise ImageRejected("not_image", "not a DICOM, PNG, JPEG or TIFF file") from None
 
     with warnings.catch_warnings():
@@ -304,10 +300,10 @@ def _decode_pixels(ds, frames: int) -> np.ndarray:
             arr = pixel_array(ds, index=0 if frames > 1 else None, raw=False)
     except NotImplementedError as exc:
         raise ImageRejected(
-            "unsupported_transfer_syntax", f"no installed decoder for {ts_name}: {_one_line(exc)}"
+            "unsupported_transfer_syntax", f"no installed decoder for {ts_name}: {one_line(str(exc))}"
         ) from None
     except (ValueError, RuntimeError, EOFError, AttributeError, KeyError, TypeError) as exc:
-        msg = _one_line(exc)
+        msg = one_line(str(exc))
         low = msg.lower()
         if "less than expected" in low or ("length" in low and ("expected" in low or "match" in low)):
             raise ImageRejected("truncated", f"pixel data shorter than the header says: {msg}") from None

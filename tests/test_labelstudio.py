@@ -306,7 +306,7 @@ def test_down_stops_it_and_up_restarts_on_the_same_data(label_studio):
     assert server.down(settings) == pid
     assert not server.status(settings).running and not server.pid_file(settings).exists()
     assert not server.health(conn.url)
-    assert not server._port_in_use(settings.label_studio_host, settings.label_studio_port)
+    assert not server.port_in_use(settings.label_studio_host, settings.label_studio_port)
     with pytest.raises(OSError):
         os.kill(pid, 0)  # gone, and reaped
     assert server.down(settings) is None  # nothing left to stop

@@ -283,7 +283,7 @@ def status(settings: Settings) -> ServerStatus:
     return ServerStatus(url=url, pid=pid, healthy=pid is not None and health(url))
 
 
-def _port_in_use(host: str, port: int) -> bool:
+def port_in_use(host: str, port: int) -> bool:
     try:
         with socket.create_connection((_connect_host(host), port), timeout=1.0):
             return True
@@ -354,7 +354,7 @@ def up(settings: Settings, *, timeout: float = START_TIMEOUT_S, echo: Callable[[
         _wait_healthy(settings, conn, pid, None, 0, timeout, started)
         return UpResult(url=url, pid=pid, started=False, seconds=time.monotonic() - started, username=creds.username)
     pid_file(settings).unlink(missing_ok=True)  # stale
-    if _port_in_use(settings.label_studio_host, settings.label_studio_port):
+    if port_in_use(settings.label_studio_host, settings.label_studio_port):
         raise LabelStudioError(f"port {settings.label_studio_port} on {_connect_host(settings.label_studio_host)} is in use "
                                "by another program (Label Studio would silently move to another port): stop it or "
                                "choose another with SAMX_LABEL_STUDIO_PORT")
