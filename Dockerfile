@@ -15,6 +15,7 @@ COPY clustering ./clustering
 COPY exports ./exports
 COPY imaging ./imaging
 COPY ml_backend ./ml_backend
+COPY training ./training
 RUN pip install . && useradd --create-home --uid 1000 samx && mkdir -p /data && chown samx /data
 
 USER samx

@@ -42,6 +42,34 @@ def open_db(settings: Settings) -> Database:
 def main(ctx: click.Context, data_dir: str | None) -> None:
     """samx: human-in-the-loop labeling for musculoskeletal radiographs."""
     ctx.obj = Settings.from_env(data_dir)
+    if _under_torchrun():
+        _join_torchrun(ctx)
+
+
+def _under_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1  # what torchrun sets; read without importing torch
+
+
+#: What runs on several GPUs under torchrun: DeepCluster (`samx cluster`) and the sorter (`samx train sorter`).
+TORCHRUN_COMMANDS = ("cluster", "train")
+
+
+def _join_torchrun(ctx: click.Context) -> None:
+    """Started by torchrun: rank 0 runs the command as usual, and every other rank trains
+    alongside it (training.distributed) and exits when it is done. The followers never open
+    the database: rank 0 alone migrates, reads and writes it."""
+    if ctx.invoked_subcommand not in TORCHRUN_COMMANDS:
+        raise click.UsageError(f"under torchrun samx runs `samx cluster` and `samx train sorter`; "
+                               f"run `samx {ctx.invoked_subcommand}` as one process")
+    from training import distributed
+
+    _setup_logging(ctx.obj)
+    distributed.start()
+    if not distributed.is_leader():
+        distributed.follow()
+        distributed.stop()
+        ctx.exit(0)
+    ctx.call_on_close(distributed.stop)
 
 
 pass_settings = click.make_pass_decorator(Settings)
@@ -139,6 +167,8 @@ def _run_job(db: Database, kind: str, params: dict, background: bool, unit: str)
     from backend.jobs.progress_bar import progress_bar
     from backend.models import JobStatus
 
+    if background and _under_torchrun():
+        raise click.UsageError("--background queues the job for `samx worker`; under torchrun every process trains here")
     job = enqueue(db, kind, params, send=background)
     if background:
         click.echo(f"queued job {job.id}; run `samx worker` to process it, `samx jobs show {job.id}` to follow it")
@@ -458,6 +488,9 @@ def train_detector(settings: Settings, epochs: int | None, size: int | None, arc
     Judged on the fixed validation split (mAP@0.5, AUROC; the decision-fusion threshold is
     Youden's J there), stored as the active version; the ML backend swaps to it, and the
     unlabelled images are ranked for labeling (pushed to Label Studio when synced)."""
+    if _under_torchrun():
+        raise click.UsageError("the detector trains in one process (one GPU); under torchrun samx runs "
+                               "`samx cluster` and `samx train sorter`")
     db = open_db(settings)
     params = {"epochs": epochs, "size": size, "arch": arch, "batch_size": batch_size, "lr": lr, "seed": seed,
               "reason": "samx train detector"}

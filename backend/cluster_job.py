@@ -19,6 +19,7 @@ from backend.tensors import load_tensors
 from clustering.deepcluster import DeepCluster, DeepClusterConfig
 from clustering.embedding_map import umap_2d
 from clustering.stats import cluster_stats, nmi, weighted_purity
+from training import distributed
 
 DEFAULTS = {"size": 64, "method": "fhe"}
 _CONFIG_KEYS = {f.name for f in fields(DeepClusterConfig)}
@@ -87,7 +88,8 @@ def run_cluster_job(ctx: JobContext) -> dict:
     metrics["seconds"] = round(time.perf_counter() - t0, 1)
     _store(ctx, run_id, model, image_ids, stats, metrics, settings)
     ctx.progress(100, 100, "done", force=True)
-    return {"run_id": run_id, "images": len(rows), "k": config.k, **{k: v for k, v in metrics.items() if k != "history"}}
+    return {"run_id": run_id, "images": len(rows), "k": config.k, "processes": distributed.world_size(),
+            **{k: v for k, v in metrics.items() if k != "history"}}
 
 
 def _known_labels(ctx: JobContext, image_ids: np.ndarray) -> np.ndarray | None:

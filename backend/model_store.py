@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +19,10 @@ from backend.config import Settings
 from backend.models import ModelVersion
 
 ACTIVE, REJECTED, RETIRED = "active", "rejected", "retired"
+#: A temporary version folder untouched this long belongs to a writer that was killed (a
+#: version takes seconds to write): the next write of that kind removes it. By age, not by
+#: pid: workers in other containers have their own pids.
+STALE_TMP_SECONDS = 6 * 3600
 
 
 def version_dir(settings: Settings, kind: str, version: str) -> Path:
@@ -41,6 +46,7 @@ def write_version_dir(settings: Settings, kind: str, version: str, fill: Callabl
     """``fill(tmp)`` writes the files; the folder is then renamed into place (atomic on one file
     system). Returns the final folder."""
     final = version_dir(settings, kind, version)
+    _remove_stale_tmp(final.parent)
     tmp = final.with_name(f".tmp-{version}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -53,6 +59,16 @@ def write_version_dir(settings: Settings, kind: str, version: str, fill: Callabl
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def _remove_stale_tmp(kind_dir: Path) -> None:
+    cutoff = time.time() - STALE_TMP_SECONDS
+    for leftover in kind_dir.glob(".tmp-*"):
+        try:
+            if leftover.stat().st_mtime < cutoff:
+                shutil.rmtree(leftover, ignore_errors=True)
+        except FileNotFoundError:  # another writer removed it first
+            pass
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -32,6 +32,7 @@ from clustering.sorter_report import render_report
 from clustering.sorter_splits import cv_folds, holdout
 from exports.splits import group_images
 from imaging.radiograph import not_a_radiograph
+from training import distributed
 
 log = logging.getLogger(__name__)
 REGION = "region"
@@ -148,7 +149,8 @@ def run_train_sorter_job(ctx: JobContext) -> dict:
             "classes": classes, "counts": {c: counts[c] for c in classes}, "dropped_classes": dropped,
             "data_hash": data_hash(rows), "n_images": len(rows), "n_holdout": int(held.sum()),
             "config": {**asdict(model.config), "size": size, "method": method, "init": init_note,
-                       "folds": n_folds, "min_per_class": int(job["min_per_class"])},
+                       "folds": n_folds, "min_per_class": int(job["min_per_class"]),
+                       "processes": distributed.world_size()},  # > 1: trained under torchrun
             "cv": _finite(cv), "holdout": _finite(held_metrics), "abstention": asdict(model.abstention_),
             "history": [asdict(h) for h in model.history_], "previous": prev_info, "promoted": promoted,
             "reason": reason, "trigger": job["reason"], "seconds": None}

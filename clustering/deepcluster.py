@@ -27,6 +27,7 @@ from clustering.network import Backbone
 from clustering.sampler import UniformClusterSampler
 from clustering.stats import weighted_purity
 from imaging.files import write_atomic
+from training import distributed
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int, str], None]
@@ -50,6 +51,7 @@ class DeepClusterConfig:
     kmeans_iter: int = 20
     epoch_samples: int | None = None  # draws per epoch; None = one per image
     seed: int = 0
+    device: str = "auto"  # this rank's GPU when there is one ("cpu", "cuda:1", ... to choose)
 
 
 @dataclass
@@ -84,34 +86,47 @@ class DeepCluster:
     # -- training ---------------------------------------------------------------------------
     def fit(self, images: np.ndarray, *, checkpoint_dir: str | Path | None = None,
             progress: Progress | None = None, truth: np.ndarray | None = None) -> "DeepCluster":
-        """``truth`` (optional, benchmarks only) adds the NMI against known labels to the log."""
+        """``truth`` (optional, benchmarks only) adds the NMI against known labels to the log.
+        Under torchrun every rank trains; only the leader clusters, logs and checkpoints."""
+        if self.config.k > len(images):
+            raise ValueError(f"k={self.config.k} is larger than the number of images ({len(images)})")
+        return distributed.run(self._fit, images, checkpoint_dir, local={"progress": progress, "truth": truth})
+
+    def _fit(self, images: np.ndarray, checkpoint_dir: str | Path | None, progress: Progress | None = None,
+             truth: np.ndarray | None = None) -> "DeepCluster":
         cfg = self.config
-        if cfg.k > len(images):
-            raise ValueError(f"k={cfg.k} is larger than the number of images ({len(images)})")
+        leader = distributed.is_leader()
+        dev = distributed.device(cfg.device)
         torch.manual_seed(cfg.seed)
-        backbone = Backbone(cfg.arch, cfg.width, cfg.sobel)
+        backbone = Backbone(cfg.arch, cfg.width, cfg.sobel).to(dev)
         opt = torch.optim.SGD(backbone.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         history: list[EpochLog] = []
         prev: np.ndarray | None = None
         start = 0
         ckpt = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir else None
-        if ckpt and ckpt.is_file():
+        if ckpt and ckpt.is_file():  # every rank resumes from the same file; only the leader writes it
             start, prev, history = self._resume(ckpt, backbone, opt, len(images))
             log.info("resuming DeepCluster at epoch %d from %s", start, ckpt)
+        if distributed.active():  # the same network everywhere, other augmentations on each rank
+            torch.manual_seed(cfg.seed * 1000 + start + distributed.rank())
         transform = training_transform(images.shape[-1], cfg.hflip)
         for epoch in range(start, cfg.epochs):
             t0 = time.perf_counter()
             for group in opt.param_groups:
                 group["lr"] = self._lr(epoch)
-            if progress:
-                progress(epoch, cfg.epochs, f"epoch {epoch + 1}/{cfg.epochs}: clustering")
-            emb = self._embed_fresh(backbone, images)
-            km = kmeans(emb, cfg.k, seed=cfg.seed * 1000 + epoch, niter=cfg.kmeans_iter)
-            nmi_prev = None if prev is None else float(normalized_mutual_info_score(prev, km.assignments))
-            prev = km.assignments
-            if progress:
-                progress(epoch, cfg.epochs, f"epoch {epoch + 1}/{cfg.epochs}: training")
-            loss = self._train_epoch(backbone, opt, images, km.assignments, transform, epoch)
+            km = nmi_prev = None
+            if leader:
+                if progress:
+                    progress(epoch, cfg.epochs, f"epoch {epoch + 1}/{cfg.epochs}: clustering")
+                emb = self._embed_fresh(backbone, images)
+                km = kmeans(emb, cfg.k, seed=cfg.seed * 1000 + epoch, niter=cfg.kmeans_iter)
+                nmi_prev = None if prev is None else float(normalized_mutual_info_score(prev, km.assignments))
+                if progress:
+                    progress(epoch, cfg.epochs, f"epoch {epoch + 1}/{cfg.epochs}: training")
+            prev = distributed.broadcast(km.assignments if leader else None)
+            loss = self._train_epoch(backbone, opt, images, prev, transform, epoch, dev)
+            if not leader:
+                continue
             extra = {}
             if truth is not None:
                 extra["nmi_truth"] = float(normalized_mutual_info_score(truth, km.assignments))
@@ -121,8 +136,11 @@ class DeepCluster:
                      "-" if nmi_prev is None else f"{nmi_prev:.3f}", history[-1].seconds, extra or "")
             if ckpt:
                 self._checkpoint(ckpt, epoch + 1, backbone, opt, prev, history, len(images))
+        if not leader:  # a follower's part ends with the training
+            return self
         if progress:
             progress(cfg.epochs, cfg.epochs, "final clustering")
+        backbone.cpu()
         feats = extract(backbone, images)
         self.whitening_ = Whitening.fit(feats, self._pca_dim(len(images)), cfg.seed)
         self.embeddings_ = self.whitening_.transform(feats)
@@ -154,20 +172,23 @@ class DeepCluster:
             return cfg.lr
         return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * epoch / max(cfg.epochs, 1))))
 
-    def _train_epoch(self, backbone: Backbone, opt, images, pseudo, transform, epoch: int) -> float:
+    def _train_epoch(self, backbone: Backbone, opt, images, pseudo, transform, epoch: int, dev: torch.device) -> float:
         cfg = self.config
         head = nn.Linear(backbone.out_dim, cfg.k)  # re-initialised: last epoch's clusters mean nothing now
         nn.init.normal_(head.weight, 0, 0.01)
         nn.init.zeros_(head.bias)
         head_opt = torch.optim.SGD(head.parameters(), lr=self._lr(epoch), weight_decay=cfg.weight_decay)
-        sampler = UniformClusterSampler(pseudo, cfg.epoch_samples or len(images), seed=cfg.seed)
+        model = distributed.wrap(nn.Sequential(backbone, head).to(dev), dev)
+        sampler = UniformClusterSampler(pseudo, cfg.epoch_samples or len(images), seed=cfg.seed,
+                                        rank=distributed.rank(), world=distributed.world_size())
         sampler.set_epoch(epoch)
-        loader = DataLoader(AugmentedImages(images, pseudo, transform), batch_size=cfg.batch_size,
-                            sampler=sampler, drop_last=len(images) > cfg.batch_size)
-        backbone.train()
+        loader = DataLoader(AugmentedImages(images, pseudo, transform), sampler=sampler,
+                            batch_size=distributed.local_batch(cfg.batch_size), drop_last=len(images) > cfg.batch_size)
+        model.train()
         total, count = 0.0, 0
         for x, y in loader:
-            loss = nn.functional.cross_entropy(head(backbone(x)), y)
+            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            loss = nn.functional.cross_entropy(model(x), y)
             opt.zero_grad()
             head_opt.zero_grad()
             loss.backward()
@@ -175,6 +196,7 @@ class DeepCluster:
             head_opt.step()
             total += loss.item() * len(y)
             count += len(y)
+        total, count = distributed.total(total, count)
         return total / max(count, 1)
 
     # -- checkpoints ------------------------------------------------------------------------

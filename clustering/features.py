@@ -10,13 +10,15 @@ from sklearn.decomposition import PCA
 
 @torch.no_grad()
 def extract(model: torch.nn.Module, images: np.ndarray, batch_size: int = 128) -> np.ndarray:
-    """Pooled features of every image, in input order, in eval mode (no augmentation)."""
+    """Pooled features of every image, in input order, in eval mode (no augmentation), on
+    whatever device the model is."""
     was_training = model.training
     model.eval()
+    dev = next(model.parameters()).device
     out = []
     for start in range(0, len(images), batch_size):
         x = torch.from_numpy(np.asarray(images[start : start + batch_size], dtype=np.float32))[:, None]
-        out.append(model(x).float().numpy())
+        out.append(model(x.to(dev)).float().cpu().numpy())
     model.train(was_training)
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 

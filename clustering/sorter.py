@@ -13,7 +13,6 @@ real validation images there; the early stages see that noise has no anatomy. A 
 threshold would not do either: a network is often most confident far from its data."""
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -24,12 +23,13 @@ import numpy as np
 import torch
 from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from clustering.augment import AugmentedImages, training_transform
 from clustering.features import l2_normalize
 from clustering.network import Backbone
 from imaging.files import save_torch_atomic
+from training import distributed
 
 Progress = Callable[[int, int, str], None]
 UNSURE = -1
@@ -50,6 +50,7 @@ class SorterConfig:
     ood_reference: int = 20_000  # training images kept for that score (a random subset beyond this)
     coverage: float = 0.99  # share of in-distribution validation images the sorter must accept
     seed: int = 0
+    device: str = "auto"  # training: this rank's GPU when there is one ("cpu", "cuda:1", ... to choose)
 
 
 @dataclass
@@ -103,6 +104,51 @@ class SorterNet(nn.Module):
         return self.head(self.backbone(x))
 
 
+def train_network(net: SorterNet, images: np.ndarray, y: np.ndarray, weights: np.ndarray, cfg: SorterConfig,
+                  progress: Progress | None = None) -> tuple[dict, list[EpochLog]]:
+    """Supervised training on the weak labels; under torchrun it runs on every rank, each on its
+    share of every epoch. Returns the trained weights (on the CPU) and the epoch log."""
+    dev = distributed.device(cfg.device)
+    if distributed.active():  # the same network everywhere, other augmentations on each rank
+        torch.manual_seed(cfg.seed + distributed.rank())
+    model = distributed.wrap(net.to(dev), dev)
+    loss_fn = nn.CrossEntropyLoss(weight=torch.from_numpy(weights).to(dev))
+    data = AugmentedImages(images, y, training_transform(images.shape[-1], cfg.hflip))
+    sampler = DistributedSampler(data, seed=cfg.seed) if distributed.active() else None
+    loader = DataLoader(data, batch_size=distributed.local_batch(cfg.batch_size),
+                        shuffle=sampler is None, sampler=sampler,
+                        generator=torch.Generator().manual_seed(cfg.seed) if sampler is None else None)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, epochs=max(cfg.epochs, 1),
+                                                steps_per_epoch=max(1, len(loader)), pct_start=0.15)
+    history: list[EpochLog] = []
+    for epoch in range(cfg.epochs):
+        if progress:
+            progress(epoch, cfg.epochs, f"epoch {epoch + 1}/{cfg.epochs}")
+        if sampler:
+            sampler.set_epoch(epoch)
+        t0 = time.perf_counter()
+        model.train()
+        loss_sum, correct, count = 0.0, 0, 0
+        for x, target in loader:
+            if len(target) < 2:  # BatchNorm cannot train on one image (same on every rank: equal shares)
+                continue
+            x, target = x.to(dev, non_blocking=True), target.to(dev, non_blocking=True)
+            logits = model(x)
+            loss = loss_fn(logits, target)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if sched.last_epoch + 1 < sched.total_steps:
+                sched.step()
+            loss_sum += loss.item() * len(target)
+            correct += int((logits.argmax(1) == target).sum())
+            count += len(target)
+        loss_sum, correct, count = distributed.total(loss_sum, correct, count)
+        history.append(EpochLog(epoch, loss_sum / max(count, 1), correct / max(count, 1), time.perf_counter() - t0))
+    return {k: v.detach().cpu() for k, v in distributed.unwrap(model).state_dict().items()}, history
+
+
 class Sorter:
     """``fit(images, y)`` with images an (n, S, S) array in [0, 1] and ``y`` indices into
     ``classes``. After fit: ``net_``, ``history_``, ``reference_`` (pooled features of training
@@ -136,36 +182,9 @@ class Sorter:
         # Class imbalance: "balanced" loss weights (n / (C * n_c)); a class absent here weighs 0.
         weights = np.zeros(len(self.classes), np.float32)
         weights[present] = compute_class_weight("balanced", classes=present, y=y)
-        loss_fn = nn.CrossEntropyLoss(weight=torch.from_numpy(weights))
-        opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=cfg.lr, epochs=max(cfg.epochs, 1),
-            steps_per_epoch=max(1, math.ceil(len(y) / cfg.batch_size)), pct_start=0.15)
-        generator = torch.Generator().manual_seed(cfg.seed)
-        loader = DataLoader(AugmentedImages(images, y, training_transform(images.shape[-1], cfg.hflip)),
-                            batch_size=cfg.batch_size, shuffle=True, generator=generator)
-        self.history_: list[EpochLog] = []
-        for epoch in range(cfg.epochs):
-            if progress:
-                progress(epoch, cfg.epochs, f"epoch {epoch + 1}/{cfg.epochs}")
-            t0 = time.perf_counter()
-            net.train()
-            total, correct, count = 0.0, 0, 0
-            for x, target in loader:
-                if len(target) < 2:  # BatchNorm cannot train on one image
-                    continue
-                logits = net(x)
-                loss = loss_fn(logits, target)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                if sched.last_epoch + 1 < sched.total_steps:
-                    sched.step()
-                total += loss.item() * len(target)
-                correct += int((logits.argmax(1) == target).sum())
-                count += len(target)
-            self.history_.append(EpochLog(epoch, total / max(count, 1), correct / max(count, 1),
-                                          time.perf_counter() - t0))
+        state, self.history_ = distributed.run(train_network, net, images, y, weights, cfg,
+                                               local={"progress": progress})
+        net.cpu().load_state_dict(state)
         net.eval()
         self.net_ = net
         keep = np.arange(len(y))

@@ -32,12 +32,27 @@ def live(cluster_world):
     app.extensions["samx.db"].dispose()
 
 
+# What chromedriver says when a script meets a page that is being replaced (a decision reloads it).
+NAVIGATING = ("unhandled inspector error", "execution context was destroyed", "target frame detached",
+              "cannot find context with specified id")
+
+
 def wait(driver, condition, timeout=WAIT, message=""):
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.common.exceptions import (NoSuchElementException, StaleElementReferenceException,
+                                            WebDriverException)
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)) \
-        .until(lambda d: condition(d), message)
+    def check(d):
+        try:
+            return condition(d)
+        except (NoSuchElementException, StaleElementReferenceException):
+            return False
+        except WebDriverException as exc:
+            if any(text in str(exc.msg).lower() for text in NAVIGATING):
+                return False  # the page is mid-reload: ask again on the next poll
+            raise
+
+    return WebDriverWait(driver, timeout).until(check, message)
 
 
 def by_id(driver, element_id):
@@ -56,12 +71,12 @@ def login(driver, base, username):
 
 def open_cluster(driver, base, cluster_id):
     driver.get(f"{base}/clusters/{cluster_id}")
-    return wait(driver, lambda d: by_id(d, "cluster").get_attribute("data-version"))
+    return wait(driver, lambda d: by_id(d, "cluster").get_dom_attribute("data-version"))
 
 
 def wait_version(driver, expected: int, what: str):
     """A decision reloads the page; wait for the page showing the new version."""
-    wait(driver, lambda d: by_id(d, "cluster").get_attribute("data-version") == str(expected),
+    wait(driver, lambda d: by_id(d, "cluster").get_dom_attribute("data-version") == str(expected),
          message=f"page did not reload after {what}: {_message(driver)}")
 
 
