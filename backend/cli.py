@@ -444,22 +444,25 @@ def train() -> None:
               help="Start from the latest DeepCluster network (SAM-X) or from random weights.")
 @click.option("--coverage", type=float, default=0.99, show_default=True,
               help="Share of validation images the sorter must accept; the rest of the world is 'unsure'.")
+@click.option("--clean/--no-clean", default=True, show_default=True,
+              help="Leave out of the version's training the weak labels that cross-validation confidently "
+                   "contradicts (confident learning); they wait in the review queue. Needs --folds.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Make the new version active even if it is worse than the active one.")
 @click.option("--background", is_flag=True, help="Queue a job for `samx worker` instead of running here.")
 @pass_settings
 def train_sorter(settings: Settings, epochs: int, folds: int, min_per_class: int, init: str, coverage: float,
-                 seed: int, force: bool, background: bool) -> None:
+                 clean: bool, seed: int, force: bool, background: bool) -> None:
     """Train the SAM-X sorter on the current region weak labels.
 
     Cross-validates (top-1/top-2 per fold, confusion matrix), trains the version on everything
-    outside the fixed validation split, and makes it active if it is at least as good there
-    as the active version. Writes an HTML report into the model store."""
+    outside the fixed validation split but the labels cross-validation doubts, and makes it
+    active if it is at least as good there as the active version. Writes an HTML report into the model store."""
     if not 0 < coverage <= 1:
         raise click.BadParameter("must be in (0, 1]", param_hint="--coverage")
     db = open_db(settings)
     params = {"epochs": epochs, "folds": folds, "min_per_class": min_per_class, "init": init,
-              "coverage": coverage, "seed": seed, "force": force}
+              "coverage": coverage, "seed": seed, "force": force, "clean": clean}
     r = _run_job(db, "train_sorter", params, background, unit="%")
     if r is None:
         return
@@ -467,6 +470,9 @@ def train_sorter(settings: Settings, epochs: int, folds: int, min_per_class: int
          f"top-2 {r['cv_top2']['mean']:.3f} ± {r['cv_top2']['sd']:.3f}" if r.get("cv_top1") else ""
     click.echo(f"sorter {r['version']} on {r['images']} images, {len(r['classes'])} regions: validation top-1 "
                f"{r['holdout_top1']:.3f}, top-2 {r['holdout_top2']:.3f}{cv}")
+    if r.get("left_out"):
+        click.echo(f"{r['left_out']} weak labels that cross-validation confidently contradicts were left out of "
+                   "training; see the review queue")
     click.echo(f"{'active' if r['promoted'] else 'not activated'}: {r['reason']}")
     click.echo(f"report: {settings.models_dir / 'sorter' / r['version'] / 'report.html'}")
 

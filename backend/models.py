@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -267,6 +268,9 @@ class SorterPrediction(Base):
     second_label_id: Mapped[int | None] = mapped_column(ForeignKey("labels.id", ondelete="RESTRICT"))
     second_confidence: Mapped[float | None] = mapped_column(Float)
     ood_score: Mapped[float] = mapped_column(Float)  # above the model's threshold: unsure
+    # the version's cross-validation confidently contradicted the image's weak label (confident
+    # learning), so the version did not train on it: the "doubted" review queue
+    label_doubted: Mapped[bool] = mapped_column(default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

@@ -2,7 +2,9 @@
 
 Cluster names label hundreds of images at once, so some of them are wrong; the sorter, trained
 on all of them, points at the likely mistakes (a confident prediction that differs from the
-label) and at the images it cannot place (unsure: out of distribution). Only labels no person
+label), at the images it cannot place (unsure: out of distribution) and at the labels its
+cross-validation doubted (doubted: networks that never trained on the image confidently named
+another region; the version left them out of its training). Only labels no person
 has confirmed one by one (sources ``cluster`` and ``imported``) are queued: once a radiologist
 corrected, kept or accepted the prediction for a label (all ``manual``), it stays out.
 
@@ -37,7 +39,7 @@ from backend.decisions import (
 from backend.models import Image, Label, LabelSource, ModelVersion, SorterPrediction, User, WeakLabel, utcnow
 from backend.sorter_store import active_version, load_sorter, stored_embeddings
 
-KINDS = ("disagree", "unsure")
+KINDS = ("disagree", "unsure", "doubted")
 #: Labels nobody has confirmed image by image: the only ones the sorter may question.
 UNREVIEWED = (LabelSource.cluster, LabelSource.imported)
 MAX_K = 20
@@ -53,6 +55,8 @@ def _queue_filter(mv_id: int, kind: str):
             WeakLabel.label_id.is_not(None), WeakLabel.source.in_(UNREVIEWED)]
     if kind == "disagree":
         return and_(*base, SorterPrediction.label_id.is_not(None), SorterPrediction.label_id != WeakLabel.label_id)
+    if kind == "doubted":
+        return and_(*base, SorterPrediction.label_doubted.is_(True))
     return and_(*base, SorterPrediction.label_id.is_(None))
 
 
@@ -175,13 +179,14 @@ def image_sorter(s: Session, image_id: int) -> dict | None:
            "size": (mv.config or {}).get("size"), "predicted": row is not None}
     if row is not None:
         p, pname, sname = row
+        unreviewed = bool(current is not None and current.label_id is not None
+                          and LabelSource(current.source) in UNREVIEWED)
+        disagrees = bool(current is not None and current.label_id is not None and p.label_id is not None
+                         and p.label_id != current.label_id)
         out.update(label_id=p.label_id, label=pname, confidence=p.confidence, second_label=sname,
-                   second_confidence=p.second_confidence, ood_score=p.ood_score,
-                   disagrees=bool(current is not None and current.label_id is not None and p.label_id is not None
-                                  and p.label_id != current.label_id),
-                   queued=bool(current is not None and current.label_id is not None
-                               and LabelSource(current.source) in UNREVIEWED
-                               and (p.label_id is None or p.label_id != current.label_id)))
+                   second_confidence=p.second_confidence, ood_score=p.ood_score, disagrees=disagrees,
+                   queue="disagree" if disagrees else "unsure" if p.label_id is None else "doubted",
+                   queued=unreviewed and (p.label_id is None or disagrees or p.label_doubted))
     return out
 
 

@@ -1,9 +1,12 @@
 """The "train_sorter" job (SAM-X phase 2) and the "predict" job.
 
 train_sorter: the current region weak labels -> 5-fold cross-validation (6-2-2, stratified, no
-patient or study in two splits) for the report -> the version itself, trained on everything
-outside the fixed validation split and calibrated (abstention) and judged on it -> promoted
-only if at least as good there as the active version -> predictions for every image.
+patient or study in two splits) for the report, whose test parts give every image an
+out-of-fold prediction -> the labels those predictions confidently contradict are left out
+(clustering.label_noise; they land in the review queue, since the version never learns them)
+-> the version itself, trained on the rest outside the fixed validation split and calibrated
+(abstention) and judged on it -> promoted only if at least as good there as the active version
+-> predictions for every image.
 
 predict: predictions of the active version for images it has not seen (new ingests)."""
 from __future__ import annotations
@@ -26,6 +29,7 @@ from backend.sorter_store import ACTIVE, KIND, REJECTED, RETIRED, active_version
 from backend.tensors import load_tensors
 from clustering.deepcluster import DeepCluster
 from clustering.gradcam import gradcam, overlay
+from clustering.label_noise import confident_classes, label_issues
 from clustering.sorter import UNSURE, Predictions, Sorter, SorterConfig
 from clustering.sorter_metrics import evaluate, summarize
 from clustering.sorter_report import render_report
@@ -37,7 +41,7 @@ from training import distributed
 log = logging.getLogger(__name__)
 REGION = "region"
 _CONFIG_KEYS = {f.name for f in fields(SorterConfig)}
-JOB_KEYS = {"folds", "min_per_class", "size", "method", "init", "force", "reason"}
+JOB_KEYS = {"folds", "min_per_class", "size", "method", "init", "force", "reason", "clean"}
 BATCH = 512
 
 
@@ -47,6 +51,7 @@ def _params(raw: dict) -> tuple[SorterConfig, dict]:
         raise JobFailed(f"unknown sorter parameter(s): {', '.join(sorted(unknown))}")
     config = SorterConfig(**{k: v for k, v in raw.items() if k in _CONFIG_KEYS and v is not None})
     job = {"folds": 5, "min_per_class": 5, "init": "deepcluster", "force": False, "reason": "trained by hand",
+           "clean": True,
            **{k: v for k, v in raw.items() if k in JOB_KEYS and v is not None}}
     if job["folds"] and int(job["folds"]) < 3:
         raise JobFailed("folds must be 0 (no cross-validation) or at least 3")
@@ -118,13 +123,14 @@ def run_train_sorter_job(ctx: JobContext) -> dict:
         what = f"fold {step[0] + 1}/{n_folds}" if step[0] < n_folds else "final model"
         ctx.progress(10 + int(80 * (step[0] + epoch / max(epochs, 1)) / steps), 100, f"{what}: {message}")
 
-    cv = None
+    cv, out_of_fold = None, np.full((len(y), len(classes)), np.nan)
     if n_folds:
         folds = []
         for fold in cv_folds(y, group_keys, n_folds, config.seed):
             model = Sorter(classes, config).fit(images[fold.train], y[fold.train], init=init, progress=on_epoch)
             model.calibrate(images[fold.val])
             pred = model.predict(images[fold.test])
+            out_of_fold[fold.test] = pred.proba
             folds.append({"index": fold.index, "n_train": len(fold.train), "n_val": len(fold.val),
                           "n_test": len(fold.test), **evaluate(y[fold.test], pred.proba, classes, pred.abstained)})
             log.info("sorter fold %d: top-1 %.3f top-2 %.3f", fold.index, folds[-1]["top1"], folds[-1]["top2"])
@@ -135,7 +141,9 @@ def run_train_sorter_job(ctx: JobContext) -> dict:
     if held.sum() < 2 or (~held).sum() < 2:
         raise JobFailed(f"the fixed validation split needs images on both sides; {int(held.sum())} of {len(y)} "
                         "images fell into it — label more images (from more patients)")
-    model = Sorter(classes, config).fit(images[~held], y[~held], init=init, progress=on_epoch)
+    doubted, cleaning = _doubted_labels(out_of_fold, y, held, rows, classes, bool(job["clean"]) and cv is not None)
+    train = ~held & ~doubted
+    model = Sorter(classes, config).fit(images[train], y[train], init=init, progress=on_epoch)
     model.calibrate(images[held])
     pred = model.predict(images[held])
     held_metrics = evaluate(y[held], pred.proba, classes, pred.abstained)
@@ -148,10 +156,12 @@ def run_train_sorter_job(ctx: JobContext) -> dict:
     meta = {"version": version, "kind": KIND, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "classes": classes, "counts": {c: counts[c] for c in classes}, "dropped_classes": dropped,
             "data_hash": data_hash(rows), "n_images": len(rows), "n_holdout": int(held.sum()),
+            "n_trained": int(train.sum()),
             "config": {**asdict(model.config), "size": size, "method": method, "init": init_note,
-                       "folds": n_folds, "min_per_class": int(job["min_per_class"]),
+                       "folds": n_folds, "min_per_class": int(job["min_per_class"]), "clean": bool(job["clean"]),
                        "processes": distributed.world_size()},  # > 1: trained under torchrun
-            "cv": _finite(cv), "holdout": _finite(held_metrics), "abstention": asdict(model.abstention_),
+            "cv": _finite(cv), "cleaning": cleaning, "holdout": _finite(held_metrics),
+            "abstention": asdict(model.abstention_),
             "history": [asdict(h) for h in model.history_], "previous": prev_info, "promoted": promoted,
             "reason": reason, "trigger": job["reason"], "seconds": None}
 
@@ -172,14 +182,36 @@ def run_train_sorter_job(ctx: JobContext) -> dict:
         if promoted:
             s.execute(update(ModelVersion).where(ModelVersion.kind == KIND, ModelVersion.status == ACTIVE,
                                                  ModelVersion.id != mv.id).values(status=RETIRED))
-            store_predictions(s, mv.id, all_ids, all_pred, classes)
+            store_predictions(s, mv.id, all_ids, all_pred, classes,
+                              frozenset(d["image_id"] for d in cleaning.get("images", [])))
         mv_id = mv.id
     ctx.progress(100, 100, "done", force=True)
     summary = cv["summary"] if cv else {}
     return {"model_version_id": mv_id, "version": version, "promoted": promoted, "reason": reason,
             "images": len(rows), "classes": classes, "holdout_top1": held_metrics["top1"],
             "holdout_top2": held_metrics["top2"], "cv_top1": summary.get("top1"), "cv_top2": summary.get("top2"),
+            "left_out": cleaning["left_out"],
             "predicted": int(len(all_ids))}
+
+
+def _doubted_labels(out_of_fold: np.ndarray, y: np.ndarray, held: np.ndarray, rows, classes,
+                   clean: bool) -> tuple[np.ndarray, dict]:
+    """The images whose weak label the out-of-fold predictions confidently contradict, and what the
+    report says about them. Held-out ones stay in the fixed validation split (versions are judged
+    on the same images); only the training side loses them."""
+    if not clean:
+        return np.zeros(len(y), dtype=bool), {"enabled": False, "flagged": 0, "left_out": 0}
+    doubted = label_issues(out_of_fold, y)
+    confident = confident_classes(out_of_fold, y)
+    left_out = doubted & ~held
+    log.info("sorter: %d weak labels doubted by the out-of-fold predictions, %d left out of training",
+             doubted.sum(), left_out.sum())
+    return doubted, {
+        "enabled": True, "flagged": int(doubted.sum()), "left_out": int(left_out.sum()),
+        "by_label": {classes[j]: int(np.sum(doubted & (y == j))) for j in range(len(classes))},
+        "images": [{"image_id": int(r.id), "label": r.name, "predicted": classes[confident[i]],
+                    "probability": round(float(out_of_fold[i, confident[i]]), 4), "held_out": bool(held[i])}
+                   for i, r in enumerate(rows) if doubted[i]]}
 
 
 def _judge(settings, previous, new_top1: float, held_images, held_names, force: bool) -> tuple[bool, str, dict | None]:
@@ -214,7 +246,8 @@ def _stored_metrics(meta: dict) -> dict:
     """What the versions page lists (the full metrics live in metadata.json and the report)."""
     cv = (meta.get("cv") or {}).get("summary") or {}
     held = meta["holdout"]
-    return {"classes": meta["classes"], "n_images": meta["n_images"], "holdout_top1": held["top1"],
+    return {"classes": meta["classes"], "n_images": meta["n_images"],
+            "left_out": (meta.get("cleaning") or {}).get("left_out", 0), "holdout_top1": held["top1"],
             "holdout_top2": held["top2"], "holdout_coverage": held.get("coverage"),
             "cv_top1": cv.get("top1"), "cv_top2": cv.get("top2"), "promoted": meta["promoted"],
             "reason": meta["reason"], "trigger": meta["trigger"], "previous": meta["previous"],
@@ -271,8 +304,10 @@ def _predict_all(ctx: JobContext, model: Sorter, size: int, method: str, without
     return ids, pred
 
 
-def store_predictions(s, model_version_id: int, image_ids: np.ndarray, pred: Predictions | None, classes) -> int:
-    """One SorterPrediction row per image (replacing the version's earlier row for it)."""
+def store_predictions(s, model_version_id: int, image_ids: np.ndarray, pred: Predictions | None, classes,
+                      doubted_ids: frozenset[int] = frozenset()) -> int:
+    """One SorterPrediction row per image (replacing the version's earlier row for it);
+    ``doubted_ids``: the images whose weak label the version's cross-validation doubted."""
     if pred is None or len(image_ids) == 0:
         return 0
     label_ids = dict(s.execute(select(Label.name, Label.id).where(Label.kind == REGION)).all())
@@ -284,7 +319,7 @@ def store_predictions(s, model_version_id: int, image_ids: np.ndarray, pred: Pre
         rows.append({"image_id": int(image_id), "model_version_id": model_version_id, "label_id": first,
                      "confidence": float(top_p[r, 0]), "second_label_id": second,
                      "second_confidence": float(top_p[r, 1]) if top.shape[1] > 1 else None,
-                     "ood_score": float(pred.ood_score[r])})
+                     "ood_score": float(pred.ood_score[r]), "label_doubted": int(image_id) in doubted_ids})
     for start in range(0, len(rows), 2000):
         chunk = rows[start : start + 2000]
         s.execute(delete(SorterPrediction).where(SorterPrediction.model_version_id == model_version_id,

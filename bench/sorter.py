@@ -2,9 +2,10 @@
 
 2,000 phantoms of 8 regions are ingested and clustered by the real `cluster` job, named by the
 simulated radiologist (backend/simulated_radiologist.py) and the sorter is trained on those weak
-labels by the real `train_sorter` job (5-fold cross-validation, then the version itself). It is
-then judged on 400 held-out phantoms (another seed: other patients) with their TRUE regions,
-sorted by `samx sort`'s code path. Also printed: similar-case precision@5 (held-out images
+labels by the real `train_sorter` job (5-fold cross-validation, then the version itself, without
+the weak labels the out-of-fold predictions confidently contradict: how many of those were really
+wrong is printed). It is then judged on 400 held-out phantoms (another seed: other patients)
+with their TRUE regions, sorted by `samx sort`'s code path. Also printed: similar-case precision@5 (held-out images
 against the weakly labelled ones), and the throughput of `samx sort` (decode, enhance, predict,
 copy) against the bare network forward on the same, already prepared images.
 
@@ -108,6 +109,13 @@ def main() -> None:
         report = settings.data_dir / Path(mv.path).parent / "report.html"
         ids_rows, train_emb = stored_embeddings(settings, mv)
 
+    cleaning = json.loads((settings.data_dir / mv.path).parent.joinpath("metadata.json").read_text())["cleaning"]
+    wrong = {i for i, r in weak.items() if region_of[i] != r}
+    doubted = {d["image_id"] for d in cleaning.get("images", [])}
+    print(f"doubted weak labels (confident learning on the out-of-fold predictions): {len(doubted)}, of which "
+          f"{len(doubted & wrong)} really wrong; {len(wrong & doubted)} of the {len(wrong)} wrong labels caught; "
+          f"{cleaning.get('left_out', 0)} left out of the version's training", flush=True)
+
     # --- held-out phantoms through `samx sort` --------------------------------------------------
     out = data / "sorted"
     t = time.perf_counter()
@@ -159,7 +167,8 @@ def main() -> None:
     print(f"report: {report}")
     print(f"RESULT top1={top1:.4f} top2={top2:.4f} overhead={sort_s / bare_s:.1f} precision_at_5={p_at_5:.4f} "
           f"cv_top1={cv1.get('mean', float('nan')):.4f} cv_top2={cv2.get('mean', float('nan')):.4f} "
-          f"coverage={coverage:.4f} weak_label_accuracy={weak_acc:.4f} train_minutes={train_min:.1f}")
+          f"coverage={coverage:.4f} weak_label_accuracy={weak_acc:.4f} doubted={len(doubted)} "
+          f"doubted_wrong={len(doubted & wrong)} train_minutes={train_min:.1f}")
 
 
 if __name__ == "__main__":

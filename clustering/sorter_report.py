@@ -119,6 +119,18 @@ def _confusion(meta: dict) -> str:
             + _table(header, rows))
 
 
+def _cleaning(c: dict) -> str:
+    text = (f"{_e(c.get('flagged', 0))} weak labels are confidently contradicted by the cross-validation "
+            "models that never trained on them (confident learning: another region's probability reaches "
+            "0.5 and the mean probability of that region over its own labelled images, and beats the label); "
+            f"the {_e(c.get('left_out', 0))} of them outside the fixed validation split were left out of this "
+            "version's training. All wait in the review queue's \"doubted\" tab.")
+    rows = [[_e(i["image_id"]), _e(i["label"]), _e(i["predicted"]), _fmt(i["probability"]),
+             "yes" if i.get("held_out") else ""] for i in (c.get("images") or [])[:50]]
+    table = _table(["image", "weak label", "predicted", "probability", "fixed validation"], rows) if rows else ""
+    return f"<h2>Doubted weak labels</h2><p>{text}</p>{table}"
+
+
 def _holdout(h: dict) -> str:
     keys = [("n", "images"), ("top1", "top-1"), ("top2", "top-2"), ("coverage", "coverage"),
             ("accepted_top1", "accepted top-1")]
@@ -174,6 +186,8 @@ def render_report(meta: dict, examples: list[dict] | None = None) -> str:
     if meta.get("cv"):
         parts.append(_cv(meta["cv"]))
     parts.append(_confusion(meta))
+    if (meta.get("cleaning") or {}).get("enabled"):
+        parts.append(_cleaning(meta["cleaning"]))
     if meta.get("holdout"):
         parts.append(_holdout(meta["holdout"]))
     if meta.get("abstention"):

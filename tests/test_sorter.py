@@ -191,6 +191,15 @@ def test_train_sorter_job_stores_a_versioned_model_and_predictions(db):
         assert mv.data_hash == meta["data_hash"] and len(mv.data_hash) == 64
         assert meta["config"]["folds"] == 3 and meta["config"]["init"].startswith("none")
         assert len(meta["cv"]["folds"]) == 3 and meta["abstention"]["threshold"] > 0
+        # the labels the out-of-fold predictions doubt are listed, and those outside the fixed
+        # validation split are not trained on
+        cleaning = meta["cleaning"]
+        assert cleaning["enabled"] and meta["config"]["clean"] and cleaning["flagged"] == len(cleaning["images"])
+        assert cleaning["left_out"] == r["left_out"] == sum(not i["held_out"] for i in cleaning["images"])
+        assert meta["n_trained"] == 32 - meta["n_holdout"] - cleaning["left_out"]
+        assert set(s.scalars(select(SorterPrediction.image_id).where(
+            SorterPrediction.model_version_id == mv.id, SorterPrediction.label_doubted))) \
+            == {i["image_id"] for i in cleaning["images"]}  # the "doubted" review queue
         n_pred = s.scalar(select(func.count()).select_from(SorterPrediction).where(
             SorterPrediction.model_version_id == mv.id))
         assert n_pred == 32
@@ -217,6 +226,19 @@ def test_train_sorter_job_stores_a_versioned_model_and_predictions(db):
     with db.session() as s:
         assert s.scalar(select(func.count()).select_from(SorterPrediction).where(
             SorterPrediction.model_version_id == mv.id)) == 35
+
+    # a doubted label is stored with its image's prediction (here: the tiny sorter doubted nothing)
+    from backend.sorter_job import store_predictions
+    from clustering.sorter import Predictions
+    knee, hand = world["ids"]["knee"][0], world["ids"]["hand"][0]
+    pred = Predictions(np.array([0, 1]), np.array([[0.8, 0.15, 0.05], [0.1, 0.6, 0.3]]), np.zeros(2),
+                       np.zeros((2, 4)))
+    with db.session() as s:
+        assert store_predictions(s, mv.id, np.array([knee, hand]), pred, r["classes"], frozenset({hand})) == 2
+    with db.session() as s:
+        assert dict(s.execute(select(SorterPrediction.image_id, SorterPrediction.label_doubted).where(
+            SorterPrediction.model_version_id == mv.id, SorterPrediction.image_id.in_([knee, hand]))).all()) \
+            == {knee: False, hand: True}
 
 
 def test_a_worse_version_does_not_replace_the_active_one(sqlite_db):

@@ -14,7 +14,7 @@ import threading
 import cv2
 import numpy as np
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from backend.decisions import decide
 from backend.models import (ClusterMembership, Image, Job, Label, LabelSource, ModelVersion, SorterPrediction,
@@ -115,6 +115,16 @@ def test_review_queue_and_corrections(db):
     assert queued(db) == ([k0, h0, k1, c2, c0], 5)
     assert queued(db, limit=2, offset=1) == ([h0, k1], 5)
     assert queued(db, kind="unsure") == ([k3], 1)
+    # the version's cross-validation doubted k2's label (though the version agrees with it) and h1's
+    # (corrected by a person: stays out)
+    assert queued(db, kind="doubted") == ([], 0)
+    with db.session() as s:
+        s.execute(update(SorterPrediction).where(SorterPrediction.model_version_id == mv,
+                                                 SorterPrediction.image_id.in_([k2, h1])).values(label_doubted=True))
+    assert queued(db, kind="doubted") == ([k2], 1)
+    html = rad.get(f"/images/{k2}").text
+    assert "cross-validation doubts the current label" in html and f"kind=doubted&amp;image={k2}" in html
+    assert [int(i) for i in ROW.findall(rad.get("/review?kind=doubted").text)] == [k2]
     with db.session() as s:
         item = review_queue(s)[0][0]
     assert item["weak_label"]["label"] == "knee" and item["weak_label"]["source"] == "cluster"
@@ -248,6 +258,11 @@ def test_models_gradcam_similar_with_a_real_sorter(db):
         assert job.status.value == "queued" and job.params == {"reason": "retrain requested by rad"}
     page = rad.get("/models").text
     assert 'id="retrain-form"' in page and "retrain requested by rad" in page and "queued" in page
+    assert "doubted)" not in page  # this version was trained without cross-validation: nothing left out
+    with db.session() as s:
+        mv = s.get(ModelVersion, mv_id)
+        mv.metrics = {**mv.metrics, "left_out": 3}
+    assert "(3 doubted)" in rad.get("/models").text
 
     # Grad-CAM: a PNG of the network input's size, for the predicted or a chosen class
     img = all_ids[0]
