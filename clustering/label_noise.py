@@ -8,8 +8,8 @@ dataset labels"): class j's threshold is the mean probability of j over the imag
 an image is flagged when, among the classes whose probability reaches their threshold, the most
 probable is not its label. One guard of ours: the threshold is at least ``min_probability`` (0.5),
 because cross-validation models that barely learned (a few images, near-uniform outputs) have
-thresholds near 1/classes and would "confidently" doubt correct labels by noise. Hand-written (a dozen lines) because cleanlab, which implements it,
-is AGPL-3.0."""
+thresholds near 1/classes and would "confidently" doubt correct labels by noise. Hand-written
+(a dozen lines) because cleanlab, which implements it, is AGPL-3.0."""
 from __future__ import annotations
 
 import numpy as np
