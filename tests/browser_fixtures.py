@@ -46,3 +46,24 @@ def chrome():
         d.quit()
 
 
+# What chromedriver says when a script meets a page that is being replaced (a reload, an SPA route).
+NAVIGATING = ("unhandled inspector error", "execution context was destroyed", "target frame detached",
+              "cannot find context with specified id")
+
+
+def wait(driver, condition, timeout=30, message=""):
+    from selenium.common.exceptions import (NoSuchElementException, StaleElementReferenceException,
+                                            WebDriverException)
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def check(d):
+        try:
+            return condition(d)
+        except (NoSuchElementException, StaleElementReferenceException):
+            return False
+        except WebDriverException as exc:
+            if any(text in str(exc.msg).lower() for text in NAVIGATING):
+                return False  # the page is mid-reload: ask again on the next poll
+            raise
+
+    return WebDriverWait(driver, timeout).until(check, message)

@@ -11,10 +11,8 @@ from sqlalchemy import func, select
 
 from backend.models import Cluster, ClusterDecision, ClusterMembership, LabelSource, WeakLabel
 from backend.web import create_app
-from tests.browser_fixtures import ARTIFACTS
+from tests.browser_fixtures import ARTIFACTS, wait
 from tests.factories import TEST_PASSWORD
-
-WAIT = 30
 
 
 @pytest.fixture
@@ -30,29 +28,6 @@ def live(cluster_world):
     server.shutdown()
     thread.join(10)
     app.extensions["samx.db"].dispose()
-
-
-# What chromedriver says when a script meets a page that is being replaced (a decision reloads it).
-NAVIGATING = ("unhandled inspector error", "execution context was destroyed", "target frame detached",
-              "cannot find context with specified id")
-
-
-def wait(driver, condition, timeout=WAIT, message=""):
-    from selenium.common.exceptions import (NoSuchElementException, StaleElementReferenceException,
-                                            WebDriverException)
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    def check(d):
-        try:
-            return condition(d)
-        except (NoSuchElementException, StaleElementReferenceException):
-            return False
-        except WebDriverException as exc:
-            if any(text in str(exc.msg).lower() for text in NAVIGATING):
-                return False  # the page is mid-reload: ask again on the next poll
-            raise
-
-    return WebDriverWait(driver, timeout).until(check, message)
 
 
 def by_id(driver, element_id):

@@ -21,7 +21,7 @@ from backend.labelstudio.config import LESION_FROM_NAME
 from backend.labelstudio.push import PRIORITY_KEY, RANK_KEY
 from backend.labelstudio.sync import sync, task_map
 from backend.models import Annotation, Box, Image, Job, ModelVersion
-from tests.browser_fixtures import ARTIFACTS
+from tests.browser_fixtures import ARTIFACTS, wait
 from tests.factories import ls_box_results
 
 pytestmark = pytest.mark.slow
@@ -127,7 +127,6 @@ def test_the_labeling_page_shows_the_pre_annotated_box(loop, chrome):
     """Headless Chromium logs into Label Studio and opens an unlabelled task whose prediction has
     a box; the region list shows it and a screenshot is kept in test-artifacts/."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     settings, ls, pid, version = loop["settings"], loop["ls"], loop["pid"], loop["version"]
     with_box = [p for p in ls.predictions.list(project=pid) if p.model_version == version
@@ -142,13 +141,14 @@ def test_the_labeling_page_shows_the_pre_annotated_box(loop, chrome):
     driver.find_element(By.NAME, "email").send_keys(creds.username)
     driver.find_element(By.NAME, "password").send_keys(creds.password)
     driver.find_element(By.CSS_SELECTOR, "button[type=submit], input[type=submit]").click()
-    WebDriverWait(driver, 60).until(lambda d: "/user/login" not in d.current_url)
+    wait(driver, lambda d: "/user/login" not in d.current_url, timeout=60, message="Label Studio login failed")
     driver.get(f"{url}/projects/{pid}/data?task={pred.task}")
     ARTIFACTS.mkdir(exist_ok=True)
     try:
         # the region list (outliner): an item with its score for each predicted box on the canvas
-        WebDriverWait(driver, 90).until(lambda d: d.find_elements(By.CSS_SELECTOR, "canvas")
-                                        and d.find_elements(By.CSS_SELECTOR, ".lsf-outliner-item__control_type_score"))
+        wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "canvas")
+             and d.find_elements(By.CSS_SELECTOR, ".lsf-outliner-item__control_type_score"),
+             timeout=90, message="the labeling page showed no scored region")
         time.sleep(1.0)  # let the canvas draw the boxes
     finally:
         driver.save_screenshot(str(ARTIFACTS / "labelstudio_preannotation.png"))
