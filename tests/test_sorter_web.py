@@ -124,7 +124,9 @@ def test_review_queue_and_corrections(db):
     assert queued(db, kind="doubted") == ([k2], 1)
     html = rad.get(f"/images/{k2}").text
     assert "cross-validation doubts the current label" in html and f"kind=doubted&amp;image={k2}" in html
-    assert [int(i) for i in ROW.findall(rad.get("/review?kind=doubted").text)] == [k2]
+    doubted = rad.get("/review?kind=doubted").text
+    assert [int(i) for i in ROW.findall(doubted)] == [k2] and 'id="doubted-why"' in doubted
+    assert 'id="doubted-why"' not in rad.get("/review").text
     with db.session() as s:
         item = review_queue(s)[0][0]
     assert item["weak_label"]["label"] == "knee" and item["weak_label"]["source"] == "cluster"
