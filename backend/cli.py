@@ -457,7 +457,8 @@ def train_sorter(settings: Settings, epochs: int, folds: int, min_per_class: int
 
     Cross-validates (top-1/top-2 per fold, confusion matrix), trains the version on everything
     outside the fixed validation split but the labels cross-validation doubts, and makes it
-    active if it is at least as good there as the active version. Writes an HTML report into the model store."""
+    active if it is at least as good there as the active version. Writes an HTML report into
+    the model store."""
     if not 0 < coverage <= 1:
         raise click.BadParameter("must be in (0, 1]", param_hint="--coverage")
     db = open_db(settings)

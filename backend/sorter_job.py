@@ -183,7 +183,7 @@ def run_train_sorter_job(ctx: JobContext) -> dict:
             s.execute(update(ModelVersion).where(ModelVersion.kind == KIND, ModelVersion.status == ACTIVE,
                                                  ModelVersion.id != mv.id).values(status=RETIRED))
             store_predictions(s, mv.id, all_ids, all_pred, classes,
-                              frozenset(d["image_id"] for d in cleaning.get("images", [])))
+                              frozenset(int(r.id) for r, d in zip(rows, doubted) if d))
         mv_id = mv.id
     ctx.progress(100, 100, "done", force=True)
     summary = cv["summary"] if cv else {}

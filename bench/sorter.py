@@ -5,9 +5,10 @@ simulated radiologist (backend/simulated_radiologist.py) and the sorter is train
 labels by the real `train_sorter` job (5-fold cross-validation, then the version itself, without
 the weak labels the out-of-fold predictions confidently contradict: how many of those were really
 wrong is printed). It is then judged on 400 held-out phantoms (another seed: other patients)
-with their TRUE regions, sorted by `samx sort`'s code path. Also printed: similar-case precision@5 (held-out images
-against the weakly labelled ones), and the throughput of `samx sort` (decode, enhance, predict,
-copy) against the bare network forward on the same, already prepared images.
+with their TRUE regions, sorted by `samx sort`'s code path. Also printed: similar-case
+precision@5 (held-out images against the weakly labelled ones), and the throughput of `samx
+sort` (decode, enhance, predict, copy) against the bare network forward on the same, already
+prepared images.
 
     python bench/sorter.py [--n 2000] [--test 400] [--k 50] [--cluster-epochs 20] [--epochs 12]
 """
@@ -65,7 +66,7 @@ def main() -> None:
     from backend.ingest import ingest_paths
     from backend.models import Image, Label, WeakLabel
     from backend.sort_folder import _files, _prepare, sort_folder
-    from backend.sorter_store import active_version, load_sorter, stored_embeddings
+    from backend.sorter_store import active_version, load_sorter, stored_embeddings, version_dir
     from backend.users import create_user
     from clustering.similar import SimilarCases, majority_vote
     from clustering.sorter_metrics import precision_at_k
@@ -106,14 +107,15 @@ def main() -> None:
     with db.session() as s:
         mv = active_version(s)
         model, size, method = load_sorter(settings, mv), int(mv.config["size"]), mv.config["method"]
-        report = settings.data_dir / Path(mv.path).parent / "report.html"
+        folder = version_dir(settings, mv.version)
         ids_rows, train_emb = stored_embeddings(settings, mv)
 
-    cleaning = json.loads((settings.data_dir / mv.path).parent.joinpath("metadata.json").read_text())["cleaning"]
+    cleaning = json.loads((folder / "metadata.json").read_text())["cleaning"]
     wrong = {i for i, r in weak.items() if region_of[i] != r}
     doubted = {d["image_id"] for d in cleaning.get("images", [])}
+    caught = doubted & wrong
     print(f"doubted weak labels (confident learning on the out-of-fold predictions): {len(doubted)}, of which "
-          f"{len(doubted & wrong)} really wrong; {len(wrong & doubted)} of the {len(wrong)} wrong labels caught; "
+          f"{len(caught)} really wrong ({len(caught)} of the {len(wrong)} wrong labels caught); "
           f"{cleaning.get('left_out', 0)} left out of the version's training", flush=True)
 
     # --- held-out phantoms through `samx sort` --------------------------------------------------
@@ -164,11 +166,11 @@ def main() -> None:
     p_at_5 = precision_at_k(nb.labels, truth_in_path_order)
     vote = float(np.mean([majority_vote(lab)[0] == t for lab, t in zip(nb.labels, truth_in_path_order)]))
     print(f"similar cases: precision@5 {p_at_5:.4f}, majority vote of 5 correct {vote:.4f}")
-    print(f"report: {report}")
+    print(f"report: {folder / 'report.html'}")
     print(f"RESULT top1={top1:.4f} top2={top2:.4f} overhead={sort_s / bare_s:.1f} precision_at_5={p_at_5:.4f} "
           f"cv_top1={cv1.get('mean', float('nan')):.4f} cv_top2={cv2.get('mean', float('nan')):.4f} "
           f"coverage={coverage:.4f} weak_label_accuracy={weak_acc:.4f} doubted={len(doubted)} "
-          f"doubted_wrong={len(doubted & wrong)} train_minutes={train_min:.1f}")
+          f"doubted_wrong={len(caught)} train_minutes={train_min:.1f}")
 
 
 if __name__ == "__main__":
