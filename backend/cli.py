@@ -481,15 +481,18 @@ def train_sorter(settings: Settings, epochs: int, folds: int, min_per_class: int
 @train.command("detector")
 @click.option("--epochs", type=int, help="Default: SAMX_DETECTOR_EPOCHS (20).")
 @click.option("--size", type=int, help="Long side the network sees, a multiple of 32. Default: SAMX_DETECTOR_SIZE (512).")
-@click.option("--arch", type=click.Choice(["mobilenet_v3", "mobilenet_v3_320", "resnet50_fpn", "resnet50_fpn_v2"]),
-              default="mobilenet_v3", show_default=True, help="Faster R-CNN backbone; the ResNet-50 ones want a GPU.")
+@click.option("--arch", type=click.Choice(["mobilenet_v3", "mobilenet_v3_320", "resnet18_fpn", "resnet50_fpn",
+                                          "resnet50_fpn_v2"]), default="mobilenet_v3", show_default=True,
+              help="Faster R-CNN backbone; resnet18_fpn (with --tile) for small lesions; the ResNet-50 ones want a GPU.")
+@click.option("--tile", type=int, help="Train on lesion-centred tiles of this many input pixels (a multiple of 32, "
+              "e.g. 128); predictions still see whole images. Default: whole images.")
 @click.option("--batch-size", type=int, default=4, show_default=True)
 @click.option("--lr", type=float, default=0.02, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--background", is_flag=True, help="Queue a job for `samx worker` instead of running here.")
 @pass_settings
-def train_detector(settings: Settings, epochs: int | None, size: int | None, arch: str, batch_size: int, lr: float,
-                   seed: int, background: bool) -> None:
+def train_detector(settings: Settings, epochs: int | None, size: int | None, arch: str, tile: int | None,
+                   batch_size: int, lr: float, seed: int, background: bool) -> None:
     """Train the lesion detector and the normal/abnormal classifier on the annotated images.
 
     Judged on the fixed validation split (mAP@0.5, AUROC; the decision-fusion threshold is
@@ -499,8 +502,8 @@ def train_detector(settings: Settings, epochs: int | None, size: int | None, arc
         raise click.UsageError("the detector trains in one process (one GPU); under torchrun samx runs "
                                "`samx cluster` and `samx train sorter`")
     db = open_db(settings)
-    params = {"epochs": epochs, "size": size, "arch": arch, "batch_size": batch_size, "lr": lr, "seed": seed,
-              "reason": "samx train detector"}
+    params = {"epochs": epochs, "size": size, "arch": arch, "tile": tile, "batch_size": batch_size, "lr": lr,
+              "seed": seed, "reason": "samx train detector"}
     r = _run_job(db, "train_detector", params, background, unit="%")
     if r is None:
         return

@@ -36,7 +36,7 @@ from ml_backend.detector import DetectorConfig, LesionDetector
 
 log = logging.getLogger("samx.detector")
 
-DEFAULTS = {"arch": "mobilenet_v3", "batch_size": 4, "lr": 0.02, "seed": 0,
+DEFAULTS = {"arch": "mobilenet_v3", "tile": None, "batch_size": 4, "lr": 0.02, "seed": 0,
             "classifier_epochs": 15, "min_images": 4, "reason": "manual", "rank_batch": 50}
 
 
@@ -82,7 +82,7 @@ def run_train_detector_job(ctx: JobContext) -> dict:
     train, val = np.flatnonzero(~held), np.flatnonzero(held)
 
     cfg = DetectorConfig(arch=p["arch"], size=size, epochs=int(p["epochs"]), batch_size=int(p["batch_size"]),
-                         lr=float(p["lr"]), seed=int(p["seed"]))
+                         lr=float(p["lr"]), seed=int(p["seed"]), tile=None if p["tile"] is None else int(p["tile"]))
     detector = LesionDetector(classes, cfg).fit(
         [inputs[i] for i in train], [boxes[i] for i in train], [labels[i] for i in train],
         progress=lambda d, n, m: ctx.progress(5 + int(70 * d / max(n, 1)), 100, f"detector: {m}"))

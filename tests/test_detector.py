@@ -10,6 +10,7 @@ import torch
 from ml_backend.boxes import Detections
 from ml_backend.detector import DetectorConfig, LesionDetector
 from ml_backend.metrics import detection_map
+from ml_backend.tiles import MIN_VISIBLE, random_tile
 
 CLASSES = ["benign", "malignant"]
 TINY = dict(size=128, rois_per_image=16, proposals=100, batch_size=3, epochs=2, lr=0.02)
@@ -180,7 +181,8 @@ def test_phantom_radiographs_go_through(tmp_path):
         assert (pred.boxes[:, 1] + pred.boxes[:, 3] <= h + 1e-3).all() and (pred.boxes >= -1e-3).all()
 
 
-@pytest.mark.parametrize("arch, dim", [("mobilenet_v3_320", 3 * 256), ("resnet50_fpn", 5 * 256)])
+@pytest.mark.parametrize("arch, dim", [("mobilenet_v3_320", 3 * 256), ("resnet18_fpn", 5 * 128),
+                                       ("resnet50_fpn", 5 * 256)])
 def test_other_architectures(arch, dim):
     assert DetectorConfig(arch=arch).size == (320 if arch.endswith("_320") else 512)
     img = np.random.default_rng(0).random((90, 70), dtype=np.float32)
@@ -190,6 +192,50 @@ def test_other_architectures(arch, dim):
     assert len(pred) and (pred.boxes[:, 0] + pred.boxes[:, 2] <= 70 + 1e-3).all()
     with pytest.raises(ValueError, match="anchor sizes"):
         LesionDetector(CLASSES, arch=arch, size=64, epochs=0, anchor_sizes=(16, 32)).fit([img], [np.zeros((0, 4))], [[]])
+
+
+def test_random_tile_cuts_boxes_and_keeps_labels():
+    img = np.arange(200 * 300, dtype=np.float32).reshape(200, 300)
+    boxes = np.array([[10, 20, 30, 40], [250, 150, 290, 190]], np.float32)
+    labels = np.array([1, 2])
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        tile, b, lab = random_tile(img, boxes, labels, 64, focus=1.0, gen=gen)
+        assert tile.shape == (64, 64) and len(b) >= 1 and len(b) == len(lab)  # focus 1: a lesion is always in
+        top, left = divmod(int(tile[0, 0]), 300)  # the pixel values say where the tile was cut
+        assert np.array_equal(tile, img[top : top + 64, left : left + 64])
+        for box, k in zip(b, lab):
+            whole = boxes[k - 1] - [left, top, left, top]
+            assert (box >= 0).all() and (box <= 64).all() and (box[2:] > box[:2]).all()
+            assert np.allclose(box, np.clip(whole, 0, 64))  # the same lesion, cut to the tile
+            assert np.prod(box[2:] - box[:2]) >= MIN_VISIBLE * np.prod(whole[2:] - whole[:2])
+    small, b, lab = random_tile(img[:40, :50], boxes[:1], labels[:1], 64, focus=0.0, gen=gen)
+    assert small.shape == (64, 64) and (small[40:] == 0).all() and (small[:, 50:] == 0).all()
+    assert np.allclose(b, [[10, 20, 30, 40]]) and lab.tolist() == [1]
+    empty = random_tile(img, np.zeros((0, 4), np.float32), np.zeros(0, np.int64), 64, focus=1.0, gen=gen)
+    assert empty[1].shape == (0, 4) and len(empty[2]) == 0
+
+
+def test_tile_training_predicts_whole_images(data, tmp_path):
+    """Trained on 64 px tiles, the network still sees (and answers for) whole images at ``size``."""
+    images, boxes, labels = data
+    calls = []
+    det = LesionDetector(CLASSES, **{**TINY, "arch": "resnet18_fpn", "tile": 64, "tiles_per_image": 3,
+                                     "epochs": 1}).fit(images, boxes, labels, progress=lambda *a: calls.append(a))
+    assert calls[-1][1] == 6  # 6 images x 3 tiles, batches of 3
+    assert det.model_.transform.min_size == (128,) and det.model_.transform.max_size == 128
+    preds = det.predict(images, score_threshold=0.0)
+    for img, pred in zip(images, preds):
+        h, w = img.shape
+        assert len(pred) and (pred.boxes[:, 0] + pred.boxes[:, 2] <= w + 1e-3).all()
+        assert (pred.boxes[:, 1] + pred.boxes[:, 3] <= h + 1e-3).all()
+    again = LesionDetector.load(det.save(tmp_path / "tiled.pt")).predict(images, score_threshold=0.0)
+    for a, b in zip(preds, again):  # a loaded model is built for whole images: same answers
+        assert np.allclose(a.boxes, b.boxes, atol=1e-3) and np.allclose(a.scores, b.scores, atol=1e-5)
+    with pytest.raises(ValueError, match="tile must be"):
+        DetectorConfig(size=128, tile=160)
+    with pytest.raises(ValueError, match="tile must be"):
+        DetectorConfig(size=128, tile=100)
 
 
 def test_bad_training_input_is_refused():

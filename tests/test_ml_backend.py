@@ -155,12 +155,14 @@ def test_rotated_box_is_stored_as_its_axis_aligned_bounds(world):
 
 @pytest.fixture(scope="module")
 def trained(world):
-    """Annotations for 10 images (their true boxes), then one real train_detector job."""
+    """Annotations for 10 images (their true boxes), then one real train_detector job (the
+    small-lesion architecture on tiles: the demo and the Label Studio test train the default)."""
     db = world["db"]
     for k, im in enumerate(world["images"][2:12]):
         apply_event(db, "ANNOTATION_CREATED", ls_event("ANNOTATION_CREATED", 100 + k, im["id"], im["w"], im["h"],
                                                        im["boxes"]))
-    job = run_job(db, "train_detector", epochs=2, size=128, classifier_epochs=2, min_images=4, rank_batch=2)
+    job = run_job(db, "train_detector", epochs=2, size=128, arch="resnet18_fpn", tile=64, classifier_epochs=2,
+                  min_images=4, rank_batch=2)
     assert job.status == JobStatus.succeeded, job.error
     return job
 
@@ -195,6 +197,7 @@ def test_train_detector_job_stores_a_version_and_ranks_the_unlabelled(world, tra
     meta = json.loads((folder / "metadata.json").read_text())
     used = {label for im in world["images"][2:12] for label, _ in im["boxes"]}
     assert meta["n_images"] == 10 and meta["classes"] == [c for c in ("benign", "malignant") if c in used]
+    assert (meta["config"]["arch"], meta["config"]["tile"], meta["config"]["size"]) == ("resnet18_fpn", 64, 128)
     ranking = json.loads((folder / "ranking.json").read_text())["ranking"]
     assert sorted(r["rank"] for r in ranking) == list(range(1, len(ranking) + 1))
     assert [r["priority"] for r in ranking] == sorted((r["priority"] for r in ranking), reverse=True)
