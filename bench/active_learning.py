@@ -97,6 +97,7 @@ def main() -> None:
     ap.add_argument("--arch", default="resnet18_fpn")
     ap.add_argument("--anchors", default="8,16,32,64,128", help="anchor sizes, one per FPN level")
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--workers", type=int, default=0, help="DataLoader workers (on a GPU machine: a few)")
     ap.add_argument("--optimizer", default="adamw")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--lesion-rate", type=float, default=0.5, help="share of phantoms drawn with lesions")
@@ -134,7 +135,7 @@ def main() -> None:
         per_epoch = math.ceil(len(idx) * (a.tiles_per_image if a.tile else 1) / a.batch_size)
         return LesionDetector(classes, arch=a.arch, size=a.size, tile=a.tile or None, tiles_per_image=a.tiles_per_image,
                               anchor_sizes=anchors, optimizer=a.optimizer, lr=a.lr, batch_size=a.batch_size,
-                              epochs=max(1, round(a.steps / per_epoch)), seed=seed).fit(
+                              epochs=max(1, round(a.steps / per_epoch)), workers=a.workers, seed=seed).fit(
             [images[i] for i in idx], [boxes[i] for i in idx], [labels[i] for i in idx])
 
     def judge(det: LesionDetector) -> float:
@@ -170,7 +171,7 @@ def main() -> None:
 
     # Each seed's curves are kept under bench/out, keyed by every other setting: a run cut short
     # (or split over several calls, as a GPU lease wants) resumes at the first seed not done.
-    settings = {k: v for k, v in sorted(vars(a).items()) if k != "seeds"}
+    settings = {k: v for k, v in sorted(vars(a).items()) if k not in ("seeds", "workers")}
     key = hashlib.sha1(json.dumps(settings).encode()).hexdigest()[:10]
     done_dir = OUT / "active_learning"
     done_dir.mkdir(parents=True, exist_ok=True)
