@@ -4,9 +4,10 @@ A pool of phantoms (radiologists' "unlabelled" images, their true boxes standing
 annotations) and a separate test set, half of them with lesions by default (``--lesion-rate``;
 in a real dump far fewer images have one). Boxes are one class, "lesion", unless
 ``--two-classes`` keeps benign / malignant apart: the question here is which images teach the
-detector most, and two subtle classes on a few dozen images only add noise to both curves. Each seed starts both strategies from the same random
-labelled set; every round the detector is trained from scratch on what is labelled and judged
-on the test set (mAP@0.5, COCO 101-point, pycocotools), then ``--step`` more images are
+detector most, and two subtle classes on a few dozen images only add noise to both curves.
+Each seed starts both strategies from the same random labelled set; every round the detector
+is trained from scratch on what is labelled and judged on the test set (mAP@0.5, COCO
+101-point, pycocotools), then ``--step`` more images are
 labelled: the top of ml_backend.active_learning's ranking (uncertainty from the detector's
 scores and a flipped pass, diversity in its embedding, away from what is labelled) or a
 random draw. Same seeds, same budget, same training. Printed: mAP against labels for both
@@ -91,7 +92,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=600, help="optimiser steps per training")
-    ap.add_argument("--size", type=int, default=384, help="long side of the detector's input (phantoms are drawn at it)")
+    ap.add_argument("--size", type=int, default=384,
+                    help="long side of the detector's input (phantoms are drawn at it)")
     ap.add_argument("--tile", type=int, default=128, help="training tile in input pixels (0: whole images)")
     ap.add_argument("--tiles-per-image", type=int, default=8)
     ap.add_argument("--arch", default="resnet18_fpn")
@@ -164,9 +166,9 @@ def main() -> None:
                 labelled += new
                 det = train(sorted(labelled), seed)
                 curve[strategy].append(judge(det))
-                print(f"  seed {seed} {strategy:6s}: {len(labelled):4d} labels ({sum(len(boxes[i]) > 0 for i in labelled)} "
-                      f"with lesions), mAP@0.5 {curve[strategy][-1]:.3f}  ({(time.perf_counter() - t0) / 60:.1f} min)",
-                      flush=True)
+                with_lesions = sum(len(boxes[i]) > 0 for i in labelled)
+                print(f"  seed {seed} {strategy:6s}: {len(labelled):4d} labels ({with_lesions} with lesions), mAP@0.5 "
+                      f"{curve[strategy][-1]:.3f}  ({(time.perf_counter() - t0) / 60:.1f} min)", flush=True)
         return curve
 
     # Each seed's curves are kept under bench/out, keyed by every other setting: a run cut short
