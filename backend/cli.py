@@ -489,10 +489,12 @@ def train_sorter(settings: Settings, epochs: int, folds: int, min_per_class: int
 @click.option("--batch-size", type=int, default=4, show_default=True)
 @click.option("--lr", type=float, default=0.02, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--warm-start", is_flag=True, help="Fine-tune the active version (same --arch) instead of training "
+              "from scratch: a few epochs per labeling round.")
 @click.option("--background", is_flag=True, help="Queue a job for `samx worker` instead of running here.")
 @pass_settings
 def train_detector(settings: Settings, epochs: int | None, size: int | None, arch: str, tile: int | None,
-                   batch_size: int, lr: float, seed: int, background: bool) -> None:
+                   batch_size: int, lr: float, seed: int, warm_start: bool, background: bool) -> None:
     """Train the lesion detector and the normal/abnormal classifier on the annotated images.
 
     Judged on the fixed validation split (mAP@0.5, AUROC; the decision-fusion threshold is
@@ -503,12 +505,13 @@ def train_detector(settings: Settings, epochs: int | None, size: int | None, arc
                                "`samx cluster` and `samx train sorter`")
     db = open_db(settings)
     params = {"epochs": epochs, "size": size, "arch": arch, "tile": tile, "batch_size": batch_size, "lr": lr,
-              "seed": seed, "reason": "samx train detector"}
+              "seed": seed, "warm_start": warm_start, "reason": "samx train detector"}
     r = _run_job(db, "train_detector", params, background, unit="%")
     if r is None:
         return
     m = "n/a (no validation images yet)" if r.get("map50") is None else f"{r['map50']:.3f}"
-    click.echo(f"detector {r['version']} on {r['images']} images ({r['validation_images']} for validation): "
+    start = f" (fine-tuned from {r['warm_start']})" if r.get("warm_start") else ""
+    click.echo(f"detector {r['version']}{start} on {r['images']} images ({r['validation_images']} for validation): "
                f"mAP@0.5 {m}, fusion threshold {r['fusion_threshold']:.3f}; {r['ranked']} unlabelled images ranked")
 
 

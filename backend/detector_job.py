@@ -23,7 +23,7 @@ from backend.config import Settings
 from backend.detector_data import (LabelledImage, detector_inputs, labelled_images, offered_boxes, scale_of, to_input,
                                    unlabelled_images)
 from backend.detector_eval import judge, validation_mask
-from backend.detector_store import KIND
+from backend.detector_store import KIND, active_version
 from backend.jobs.runner import JobContext, JobFailed
 from backend.labelstudio.push import push_ranking
 from backend.labelstudio.results import prediction_result
@@ -37,7 +37,7 @@ from ml_backend.detector import DetectorConfig, LesionDetector
 log = logging.getLogger("samx.detector")
 
 DEFAULTS = {"arch": "mobilenet_v3", "tile": None, "batch_size": 4, "lr": 0.02, "seed": 0,
-            "classifier_epochs": 15, "min_images": 4, "reason": "manual", "rank_batch": 50}
+            "classifier_epochs": 15, "min_images": 4, "reason": "manual", "rank_batch": 50, "warm_start": False}
 
 
 def _lesion_classes(s, rows: list[LabelledImage]) -> list[str]:
@@ -55,6 +55,23 @@ def data_hash(rows: list[LabelledImage]) -> str:
     for r in rows:
         h.update(f"{r.content_hash}|{int(r.abnormal)}|{np.round(r.boxes, 1).tolist()}|{r.labels}\n".encode())
     return h.hexdigest()
+
+
+def warm_start_weights(settings: Settings, db, arch: str) -> tuple[str, str]:
+    """The active version's detector file and name, to fine-tune from. Each round of the
+    labeling loop then costs a fraction of a training from scratch (bench/active_learning.py
+    trains this way). Another class list only re-initialises the box predictor; another
+    architecture cannot start from it."""
+    with db.session() as s:
+        mv = active_version(s)
+        if mv is None:
+            raise JobFailed("warm start needs an active detector version to start from, and there is none yet: "
+                            "train the first one from scratch")
+        version, path, their_arch = mv.version, mv.path, (mv.config or {}).get("arch")
+    if their_arch != arch:
+        raise JobFailed(f"warm start needs the active version's architecture: {version} is {their_arch}, "
+                        f"this training asks for {arch}")
+    return str(settings.data_dir / path), version
 
 
 def run_train_detector_job(ctx: JobContext) -> dict:
@@ -81,8 +98,10 @@ def run_train_detector_job(ctx: JobContext) -> dict:
     held = validation_mask(rows)
     train, val = np.flatnonzero(~held), np.flatnonzero(held)
 
+    init, warm_from = warm_start_weights(settings, ctx.db, p["arch"]) if p["warm_start"] else (None, None)
     cfg = DetectorConfig(arch=p["arch"], size=size, epochs=int(p["epochs"]), batch_size=int(p["batch_size"]),
-                         lr=float(p["lr"]), seed=int(p["seed"]), tile=None if p["tile"] is None else int(p["tile"]))
+                         lr=float(p["lr"]), seed=int(p["seed"]), tile=None if p["tile"] is None else int(p["tile"]),
+                         init_weights=init)
     detector = LesionDetector(classes, cfg).fit(
         [inputs[i] for i in train], [boxes[i] for i in train], [labels[i] for i in train],
         progress=lambda d, n, m: ctx.progress(5 + int(70 * d / max(n, 1)), 100, f"detector: {m}"))
@@ -105,7 +124,8 @@ def run_train_detector_job(ctx: JobContext) -> dict:
             "classes": classes, "n_images": len(rows), "n_train": len(train), "n_val": len(val),
             "n_abnormal": int(y.sum()), "data_hash": data_hash(rows), "config": asdict(cfg),
             "classifier": classifier is not None, "fusion_threshold": float(threshold), "metrics": metrics,
-            "history": [asdict(h) for h in detector.history_], "trigger": p["reason"]}
+            "history": [asdict(h) for h in detector.history_], "trigger": p["reason"], "warm_start": warm_from,
+            "init_report": detector.init_report_}
 
     def fill(tmp: Path) -> None:
         detector.save(tmp / "detector.pt")
@@ -131,7 +151,8 @@ def run_train_detector_job(ctx: JobContext) -> dict:
                              labelled_inputs=inputs)
     ctx.progress(100, 100, "done", force=True)
     return {"model_version_id": mv_id, "version": version, "images": len(rows), "validation_images": len(val),
-            "map50": (metrics or {}).get("map50"), "fusion_threshold": float(threshold), "ranked": ranked}
+            "map50": (metrics or {}).get("map50"), "fusion_threshold": float(threshold), "ranked": ranked,
+            "warm_start": warm_from}
 
 
 def _summary(meta: dict) -> dict:

@@ -5,24 +5,27 @@ annotations) and a separate test set, half of them with lesions by default (``--
 in a real dump far fewer images have one). Boxes are one class, "lesion", unless
 ``--two-classes`` keeps benign / malignant apart: the question here is which images teach the
 detector most, and two subtle classes on a few dozen images only add noise to both curves.
-Each seed starts both strategies from the same random labelled set; every round the detector
-is trained from scratch on what is labelled and judged on the test set (mAP@0.5, COCO
-101-point, pycocotools), then ``--step`` more images are
-labelled: the top of ml_backend.active_learning's ranking (uncertainty from the detector's
-scores and a flipped pass, diversity in its embedding, away from what is labelled) or a
-random draw. Same seeds, same budget, same training. Printed: mAP against labels for both
-(mean ± sd over seeds), a PNG plot, and how many labels active needs to reach random's final
-mAP (linear between rounds), as a share of random's.
+Each seed starts both strategies from the same random labelled set and the same detector
+trained on it from scratch (``--steps``). Every round ``--step`` more images are labelled: the
+top of ml_backend.active_learning's ranking (uncertainty from the detector's scores and a
+flipped pass, diversity in its embedding, away from what is labelled) or a random draw; the
+round's detector fine-tunes the previous one on everything labelled (``--finetune-steps``, as
+``samx train detector --warm-start`` does; 0: from scratch every round) and is judged on the
+test set (mAP@0.5, COCO 101-point, pycocotools). Same seeds, same budget, same training.
+Printed: mAP against labels for both (mean ± sd over seeds), a PNG plot, and how many labels
+active needs to reach random's final mAP (linear between rounds), as a share of random's.
 
     python bench/active_learning.py [--pool 200] [--test 80] [--start 20] [--step 20] [--rounds 4]
-                                    [--seeds 3] [--steps 600] [--size 384] [--tile 128] ...
+                                    [--seeds 3] [--steps 400] [--finetune-steps 200] ...
 
-The detector is the small-lesion one: ResNet-18-FPN trained on lesion-centred 128 px tiles of
-the 384 px inputs (ml_backend.tiles), AdamW, the same number of optimiser steps in every
-training. On whole images from scratch no configuration tried learned these lesions (test
-mAP@0.5 about 0.001). Slow on a CPU: about 1.2 s per step of 8 tiles on 2 cores, so the
-defaults (27 trainings of 600 steps) take about 6 hours there; a GPU takes minutes. Each seed's
-curves are saved as it finishes, and a rerun with the same settings resumes after them.
+The detector is the small-lesion one: ResNet-18-FPN trained on lesion-centred 96 px tiles of
+the 384 px inputs (ml_backend.tiles), AdamW, a fixed number of optimiser steps per training
+(epochs alone would starve the small labelled sets), 32 box-head samples per tile and 300 RPN
+proposals (torchvision's 512 and 2000 are sized for whole COCO images; these halve a CPU step).
+On whole images from scratch no configuration tried learned these lesions (test mAP@0.5 about
+0.001). On 2 CPU cores a step of 8 tiles takes about 0.6 s and the defaults about 1.5 hours; a
+GPU takes minutes. Each seed's curves are saved as it finishes, and a rerun with the same
+settings resumes after them.
 """
 from __future__ import annotations
 
@@ -91,14 +94,19 @@ def main() -> None:
     ap.add_argument("--step", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=600, help="optimiser steps per training")
+    ap.add_argument("--steps", type=int, default=400, help="optimiser steps of each seed's first training")
+    ap.add_argument("--finetune-steps", type=int, default=200,
+                    help="steps of every later round, fine-tuning the previous round's detector "
+                         "(0: every round trains from scratch for --steps)")
     ap.add_argument("--size", type=int, default=384,
                     help="long side of the detector's input (phantoms are drawn at it)")
-    ap.add_argument("--tile", type=int, default=128, help="training tile in input pixels (0: whole images)")
+    ap.add_argument("--tile", type=int, default=96, help="training tile in input pixels (0: whole images)")
     ap.add_argument("--tiles-per-image", type=int, default=8)
     ap.add_argument("--arch", default="resnet18_fpn")
     ap.add_argument("--anchors", default="8,16,32,64,128", help="anchor sizes, one per FPN level")
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--rois-per-image", type=int, default=32, help="box-head samples per tile (a tile holds 1-2 lesions)")
+    ap.add_argument("--proposals", type=int, default=300, help="RPN proposals kept per image")
     ap.add_argument("--workers", type=int, default=0, help="DataLoader workers (on a GPU machine: a few)")
     ap.add_argument("--optimizer", default="adamw")
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -127,17 +135,27 @@ def main() -> None:
           f"lesions), test {len(t_images)} ({sum(map(len, t_boxes))} lesions), long side {a.size}; prepared in "
           f"{time.perf_counter() - t0:.0f} s", flush=True)
 
+    # Each seed's curves are kept under bench/out, keyed by every other setting: a run cut short
+    # (or split over several calls, as a GPU lease wants) resumes at the first seed not done.
+    settings = {k: v for k, v in sorted(vars(a).items()) if k not in ("seeds", "workers")}
+    key = hashlib.sha1(json.dumps(settings).encode()).hexdigest()[:10]
+    done_dir = OUT / "active_learning"
+    done_dir.mkdir(parents=True, exist_ok=True)
     anchors = tuple(int(v) for v in a.anchors.split(","))
     budgets = [a.start + a.step * r for r in range(a.rounds + 1)]
     curves = {"active": np.zeros((a.seeds, len(budgets))), "random": np.zeros((a.seeds, len(budgets)))}
 
-    def train(idx: list[int], seed: int) -> LesionDetector:
-        """About ``--steps`` optimiser steps whatever the number of labels: 20 images get as much
-        training as 100 (epochs alone would starve the small sets)."""
+    def train(idx: list[int], seed: int, previous: LesionDetector | None = None) -> LesionDetector:
+        """About ``--steps`` optimiser steps whatever the number of labels (epochs alone would
+        starve the small sets); with ``previous``, ``--finetune-steps`` starting from its weights."""
+        steps, init = a.steps, None
+        if previous is not None and a.finetune_steps:
+            steps, init = a.finetune_steps, previous.save(done_dir / f"{key}-previous.pt")
         per_epoch = math.ceil(len(idx) * (a.tiles_per_image if a.tile else 1) / a.batch_size)
         return LesionDetector(classes, arch=a.arch, size=a.size, tile=a.tile or None, tiles_per_image=a.tiles_per_image,
                               anchor_sizes=anchors, optimizer=a.optimizer, lr=a.lr, batch_size=a.batch_size,
-                              epochs=max(1, round(a.steps / per_epoch)), workers=a.workers, seed=seed).fit(
+                              rois_per_image=a.rois_per_image, proposals=a.proposals, init_weights=init,
+                              epochs=max(1, round(steps / per_epoch)), workers=a.workers, seed=seed).fit(
             [images[i] for i in idx], [boxes[i] for i in idx], [labels[i] for i in idx])
 
     def judge(det: LesionDetector) -> float:
@@ -164,19 +182,13 @@ def main() -> None:
                     prio = priority_scores(analysis.uncertainty, analysis.embeddings, batch_size=a.step, labeled=known)
                     new = [rest[i] for i in np.argsort(-prio, kind="stable")[: a.step]]
                 labelled += new
-                det = train(sorted(labelled), seed)
+                det = train(sorted(labelled), seed, det)
                 curve[strategy].append(judge(det))
                 with_lesions = sum(len(boxes[i]) > 0 for i in labelled)
                 print(f"  seed {seed} {strategy:6s}: {len(labelled):4d} labels ({with_lesions} with lesions), mAP@0.5 "
                       f"{curve[strategy][-1]:.3f}  ({(time.perf_counter() - t0) / 60:.1f} min)", flush=True)
         return curve
 
-    # Each seed's curves are kept under bench/out, keyed by every other setting: a run cut short
-    # (or split over several calls, as a GPU lease wants) resumes at the first seed not done.
-    settings = {k: v for k, v in sorted(vars(a).items()) if k not in ("seeds", "workers")}
-    key = hashlib.sha1(json.dumps(settings).encode()).hexdigest()[:10]
-    done_dir = OUT / "active_learning"
-    done_dir.mkdir(parents=True, exist_ok=True)
     for seed in range(a.seeds):
         done = done_dir / f"{key}-seed{seed}.json"
         if done.exists():
@@ -187,6 +199,7 @@ def main() -> None:
             done.write_text(json.dumps({"settings": settings, "seed": seed, "curves": curve}))
         for strategy in curves:
             curves[strategy][seed] = curve[strategy]
+    (done_dir / f"{key}-previous.pt").unlink(missing_ok=True)
 
     mean = {k: v.mean(0) for k, v in curves.items()}
     sd = {k: v.std(0) for k, v in curves.items()}

@@ -96,6 +96,8 @@ class DetectorConfig:
         if self.optimizer not in ("sgd", "adamw"):
             raise ValueError(f"optimizer must be 'sgd' or 'adamw', not {self.optimizer!r}")
         self.anchor_sizes, self.gamma = tuple(self.anchor_sizes), tuple(self.gamma)
+        if self.init_weights is not None:  # a Path in the saved config would make the file unloadable (weights_only)
+            self.init_weights = str(self.init_weights)
 
 
 @dataclass

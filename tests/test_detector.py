@@ -118,9 +118,11 @@ def test_init_weights_from_a_file(trained, data, tmp_path):
     path = det.save(tmp_path / "detector.pt")
     images, boxes, labels = data
     # the same classes, no training: the very same detector
-    same = LesionDetector(CLASSES, **{**TINY, "epochs": 0, "bn_images": 0, "init_weights": str(path)})
+    same = LesionDetector(CLASSES, **{**TINY, "epochs": 0, "bn_images": 0, "init_weights": path})
     same.fit(images, boxes, labels)
     assert same.init_report_["reinitialised"] == [] and same.init_report_["missing"] == 0
+    same = LesionDetector.load(same.save(tmp_path / "fine-tuned.pt"))  # and it saves as plain data, a warm start's start
+    assert same.config.init_weights == str(path)
     for a, b in zip(det.predict(images[:2]), same.predict(images[:2])):
         assert np.array_equal(a.boxes, b.boxes) and a.labels == b.labels
     # another label set: everything but the box predictor comes over

@@ -376,3 +376,27 @@ def test_no_model_yet_still_answers_with_a_stable_version(world):
     assert backend.model_version() == NO_MODEL  # nothing loaded before start()/refresh()
     res = backend.predict_task({"id": 1, "data": {"samx_image_id": world["images"][0]["id"]}})
     assert res == {"result": [], "score": 0.0, "model_version": NO_MODEL}
+
+
+def test_warm_start_fine_tunes_the_active_version_of_the_same_architecture(world, trained):
+    """Runs last in this module: it makes a new active version."""
+    db, settings = world["db"], world["settings"]
+    with db.session() as s:
+        before = s.scalar(select(ModelVersion.version).where(ModelVersion.kind == "detector",
+                                                             ModelVersion.status == "active"))
+    other = run_job(db, "train_detector", epochs=1, size=128, arch="mobilenet_v3", classifier_epochs=1, min_images=4,
+                    warm_start=True)
+    assert other.status == JobStatus.failed and "resnet18_fpn" in other.error and "mobilenet_v3" in other.error
+    job = run_job(db, "train_detector", epochs=1, size=128, arch="resnet18_fpn", tile=64, classifier_epochs=1,
+                  min_images=4, rank_batch=2, warm_start=True)
+    assert job.status == JobStatus.succeeded, job.error
+    assert job.result["warm_start"] == before != job.result["version"]
+    meta = json.loads((settings.models_dir / "detector" / job.result["version"] / "metadata.json").read_text())
+    assert meta["warm_start"] == before and meta["config"]["init_weights"].endswith(f"{before}/detector.pt")
+    old_meta = json.loads((settings.models_dir / "detector" / before / "metadata.json").read_text())
+    report = meta["init_report"]
+    assert report["loaded"] > 100 and report["missing"] == 0
+    if meta["classes"] == old_meta["classes"]:
+        assert report["reinitialised"] == []
+    else:  # a class came or went: only the box predictor starts afresh
+        assert report["reinitialised"] and all(k.startswith("roi_heads.box_predictor.") for k in report["reinitialised"])
