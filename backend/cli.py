@@ -490,7 +490,7 @@ def train_sorter(settings: Settings, epochs: int, folds: int, min_per_class: int
 @click.option("--lr", type=float, default=0.02, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--warm-start", is_flag=True, help="Fine-tune the active version (same --arch) instead of training "
-              "from scratch: a few epochs per labeling round.")
+              "from scratch: a few epochs per labeling round, with a lower --lr than a first training.")
 @click.option("--background", is_flag=True, help="Queue a job for `samx worker` instead of running here.")
 @pass_settings
 def train_detector(settings: Settings, epochs: int | None, size: int | None, arch: str, tile: int | None,
