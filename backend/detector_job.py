@@ -60,7 +60,8 @@ def data_hash(rows: list[LabelledImage]) -> str:
 def warm_start_weights(settings: Settings, db, arch: str) -> tuple[str, str]:
     """The active version's detector file and name, to fine-tune from. Each round of the
     labeling loop then costs a fraction of a training from scratch (bench/active_learning.py
-    trains this way). Another class list only re-initialises the box predictor; another
+    trains this way; at the full learning rate it did worse there than from scratch, so give it
+    a lower one). Another class list only re-initialises the box predictor; another
     architecture cannot start from it."""
     with db.session() as s:
         mv = active_version(s)
