@@ -25,8 +25,8 @@ proposals (torchvision's 512 and 2000 are sized for whole COCO images; with the 
 CPU step is 2.5 times faster than 128 px tiles with 128 samples and 2000 proposals, and no
 worse in a 400-step probe). On whole images from scratch no configuration tried learned these
 lesions (test mAP@0.5 about 0.001); on tiles, the number of steps is what counts (60 labels:
-400 steps, test mAP 0.002; 1200 steps, 0.047). On 2 CPU cores a step of 8 tiles takes about 0.5
-s and a seed about 50 minutes; a GPU takes minutes. Each seed's curves are saved as it
+400 steps, test mAP 0.002; 1200 steps, 0.047). On 2 CPU cores a step of 8 tiles takes about
+0.5 s and a seed about 50 minutes; a GPU takes minutes. Each seed's curves are saved as it
 finishes, and a rerun with the same settings resumes after them.
 """
 from __future__ import annotations

@@ -22,6 +22,7 @@ from sqlalchemy import delete, func, select
 
 from backend.detector_data import labelled_images
 from backend.detector_retrain import maybe_retrain
+from backend.detector_store import active_version
 from backend.ingest import ingest_paths
 from backend.jobs import enqueue, reap_stale
 from backend.labelstudio.annotations import apply_event
@@ -382,8 +383,7 @@ def test_warm_start_fine_tunes_the_active_version_of_the_same_architecture(world
     """Runs last in this module: it makes a new active version."""
     db, settings = world["db"], world["settings"]
     with db.session() as s:
-        before = s.scalar(select(ModelVersion.version).where(ModelVersion.kind == "detector",
-                                                             ModelVersion.status == "active"))
+        before = active_version(s).version
     other = run_job(db, "train_detector", epochs=1, size=128, arch="mobilenet_v3", classifier_epochs=1, min_images=4,
                     warm_start=True)
     assert other.status == JobStatus.failed and "resnet18_fpn" in other.error and "mobilenet_v3" in other.error
