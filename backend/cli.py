@@ -487,14 +487,14 @@ def train_sorter(settings: Settings, epochs: int, folds: int, min_per_class: int
 @click.option("--tile", type=int, help="Train on lesion-centred tiles of this many input pixels (a multiple of 32, "
               "e.g. 128); predictions still see whole images. Default: whole images.")
 @click.option("--batch-size", type=int, default=4, show_default=True)
-@click.option("--lr", type=float, default=0.02, show_default=True)
+@click.option("--lr", type=float, help="Peak learning rate. Default: 0.02, or 0.3 of it with --warm-start.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--warm-start", is_flag=True, help="Fine-tune the active version (same --arch) instead of training "
-              "from scratch: a few epochs per labeling round, with a lower --lr than a first training.")
+              "from scratch: a few epochs per labeling round, at a lower learning rate.")
 @click.option("--background", is_flag=True, help="Queue a job for `samx worker` instead of running here.")
 @pass_settings
 def train_detector(settings: Settings, epochs: int | None, size: int | None, arch: str, tile: int | None,
-                   batch_size: int, lr: float, seed: int, warm_start: bool, background: bool) -> None:
+                   batch_size: int, lr: float | None, seed: int, warm_start: bool, background: bool) -> None:
     """Train the lesion detector and the normal/abnormal classifier on the annotated images.
 
     Judged on the fixed validation split (mAP@0.5, AUROC; the decision-fusion threshold is

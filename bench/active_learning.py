@@ -9,14 +9,16 @@ Each seed starts both strategies from the same random labelled set and the same 
 trained on it from scratch (``--steps``). Every round ``--step`` more images are labelled: the
 top of ml_backend.active_learning's ranking (uncertainty from the detector's scores and a
 flipped pass, diversity in its embedding, away from what is labelled) or a random draw; the
-round's detector fine-tunes the previous one on everything labelled (``--finetune-steps``, as
-``samx train detector --warm-start`` does; 0: from scratch every round) and is judged on the
-test set (mAP@0.5, COCO 101-point, pycocotools). Same seeds, same budget, same training.
-Printed: mAP against labels for both (mean ± sd over seeds), a PNG plot, and how many labels
-active needs to reach random's final mAP (linear between rounds), as a share of random's.
+round's detector fine-tunes the previous one on everything labelled (``--finetune-steps`` at
+``--finetune-lr``, as ``samx train detector --warm-start`` does; 0 steps: from scratch every
+round) and is judged on the test set (mAP@0.5, COCO 101-point, pycocotools). Same seeds, same
+budget, same training. Printed: mAP against labels for both (mean ± sd over seeds), a PNG plot,
+and how many labels active needs to reach random's final mAP (linear between rounds), as a
+share of random's.
 
     python bench/active_learning.py [--pool 200] [--test 80] [--start 20] [--step 20] [--rounds 4]
-                                    [--seeds 3] [--steps 1200] [--finetune-steps 400] ...
+                                    [--seeds 3] [--steps 1200] [--finetune-steps 400]
+                                    [--finetune-lr 3e-4] [--jobs N] ...
 
 The detector is the small-lesion one: ResNet-18-FPN trained on lesion-centred 96 px tiles of
 the 384 px inputs (ml_backend.tiles), AdamW, a fixed number of optimiser steps per training
@@ -26,8 +28,10 @@ CPU step is 2.5 times faster than 128 px tiles with 128 samples and 2000 proposa
 worse in a 400-step probe). On whole images from scratch no configuration tried learned these
 lesions (test mAP@0.5 about 0.001); on tiles, the number of steps is what counts (60 labels:
 400 steps, test mAP 0.002; 1200 steps, 0.047). On 2 CPU cores a step of 8 tiles takes about
-0.5 s and a seed about 50 minutes; a GPU takes minutes. Each seed's curves are saved as it
-finishes, and a rerun with the same settings resumes after them.
+0.4 s; the seeds' starting detectors and the strategies' chains of rounds run as ``--jobs``
+processes side by side (2 one-thread jobs there; 3 seeds take about 80 minutes), and a GPU
+takes minutes. Each starting detector and each chain is saved as it finishes, and a rerun with
+the same settings resumes after them.
 """
 from __future__ import annotations
 
@@ -35,9 +39,11 @@ import argparse
 import hashlib
 import json
 import math
+import multiprocessing
 import os
 import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +67,6 @@ def _prepare(size: int, path: str) -> np.ndarray:
 
 def load(folder: Path, size: int):
     """Inputs at long side ``size`` and their true boxes in input pixels (x, y, w, h)."""
-    import multiprocessing
     from functools import partial
 
     truth = json.loads((folder / "truth.json").read_text())["images"]
@@ -88,6 +93,99 @@ def labels_to_match(budgets: list[int], curve: np.ndarray, target: float) -> flo
     return None
 
 
+_W: dict = {}  # a worker process's data and settings, set once by _init_worker
+
+
+def _init_worker(state: dict, threads: int) -> None:
+    """Small tiles keep two threads poorly busy: on 2 cores, two one-thread jobs do 1.4 times the
+    steps per second of one two-thread job."""
+    import faiss
+    import torch
+
+    torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads)
+    _W.update(state)
+
+
+def _train(idx: list[int], seed: int, previous=None):
+    """About ``--steps`` optimiser steps whatever the number of labels (epochs alone would starve
+    the small sets); with ``previous`` (a saved detector), ``--finetune-steps`` at ``--finetune-lr``
+    starting from its weights."""
+    from ml_backend.detector import LesionDetector
+
+    a, images, boxes, labels = _W["a"], _W["images"], _W["boxes"], _W["labels"]
+    steps, lr, init = a.steps, a.lr, None
+    if previous is not None and a.finetune_steps:
+        steps, lr, init = a.finetune_steps, a.finetune_lr, previous
+    per_epoch = math.ceil(len(idx) * (a.tiles_per_image if a.tile else 1) / a.batch_size)
+    return LesionDetector(_W["classes"], arch=a.arch, size=a.size, tile=a.tile or None,
+                          tiles_per_image=a.tiles_per_image, anchor_sizes=tuple(int(v) for v in a.anchors.split(",")),
+                          optimizer=a.optimizer, lr=lr, batch_size=a.batch_size, rois_per_image=a.rois_per_image,
+                          proposals=a.proposals, init_weights=init, epochs=max(1, round(steps / per_epoch)),
+                          workers=a.workers, seed=seed).fit(
+        [images[i] for i in idx], [boxes[i] for i in idx], [labels[i] for i in idx])
+
+
+def _judge(det) -> float:
+    from ml_backend.metrics import detection_map
+
+    return float(detection_map(_W["gt"], det.predict(_W["t_images"], score_threshold=0.001), _W["classes"])["map50"])
+
+
+def start(seed: int) -> dict:
+    """A seed's random starting set and the detector trained on it from scratch, which both
+    strategies continue from (saved next to the results)."""
+    a, prefix = _W["a"], _W["prefix"]
+    rng = np.random.default_rng(1000 + seed)
+    labelled = sorted(rng.choice(len(_W["images"]), a.start, replace=False).tolist())
+    det = _train(labelled, seed)
+    m0 = _judge(det)
+    det.save(f"{prefix}-seed{seed}-start.pt")
+    Path(f"{prefix}-seed{seed}-start.json").write_text(json.dumps({"labelled": labelled, "map50": m0}))
+    print(f"seed {seed}: {a.start} labels, mAP@0.5 {m0:.3f} (both strategies start here)  "
+          f"({(time.time() - _W['wall0']) / 60:.1f} min)", flush=True)
+    return {"kind": "start", "seed": seed}
+
+
+def chain(seed: int, strategy: str) -> dict:
+    """``--rounds`` rounds of one strategy from the seed's start: pick ``--step`` images, train,
+    judge. Saved when done; a rerun returns the saved curve."""
+    from ml_backend.active_learning import priority_scores
+    from ml_backend.detector import LesionDetector
+
+    a, prefix, images, boxes = _W["a"], _W["prefix"], _W["images"], _W["boxes"]
+    done = Path(f"{prefix}-seed{seed}-{strategy}.json")
+    if done.exists():
+        curve = json.loads(done.read_text())["curve"]
+        print(f"seed {seed} {strategy}: from {done.name}: {curve}", flush=True)
+        return {"kind": "chain", "seed": seed, "strategy": strategy, "curve": curve}
+    begun = json.loads(Path(f"{prefix}-seed{seed}-start.json").read_text())
+    labelled, previous = list(begun["labelled"]), f"{prefix}-seed{seed}-start.pt"
+    det = LesionDetector.load(previous)
+    curve = [begun["map50"]]
+    pick_rng = np.random.default_rng(2000 + seed)
+    for _ in range(a.rounds):
+        taken = set(labelled)
+        rest = [i for i in range(len(images)) if i not in taken]
+        if strategy == "random":
+            new = pick_rng.choice(rest, a.step, replace=False).tolist()
+        else:
+            analysis = det.analyse([images[i] for i in rest])
+            known = det.embed([images[i] for i in labelled])
+            prio = priority_scores(analysis.uncertainty, analysis.embeddings, batch_size=a.step, labeled=known)
+            new = [rest[i] for i in np.argsort(-prio, kind="stable")[: a.step]]
+        labelled += new
+        det = _train(sorted(labelled), seed, previous)
+        previous = str(det.save(f"{prefix}-seed{seed}-{strategy}-previous.pt"))
+        curve.append(_judge(det))
+        with_lesions = sum(len(boxes[i]) > 0 for i in labelled)
+        print(f"  seed {seed} {strategy:6s}: {len(labelled):4d} labels ({with_lesions} with lesions), mAP@0.5 "
+              f"{curve[-1]:.3f}  ({(time.time() - _W['wall0']) / 60:.1f} min)", flush=True)
+    Path(previous).unlink(missing_ok=True)
+    done.write_text(json.dumps({"settings": vars(a), "seed": seed, "strategy": strategy, "curve": curve}))
+    return {"kind": "chain", "seed": seed, "strategy": strategy, "curve": curve}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pool", type=int, default=200)
@@ -110,16 +208,19 @@ def main() -> None:
     ap.add_argument("--rois-per-image", type=int, default=32, help="box-head samples per tile (a tile holds 1-2 lesions)")
     ap.add_argument("--proposals", type=int, default=300, help="RPN proposals kept per image")
     ap.add_argument("--workers", type=int, default=0, help="DataLoader workers (on a GPU machine: a few)")
+    ap.add_argument("--jobs", type=int, default=0,
+                    help="seeds and strategies trained side by side, sharing the cores (0: 1 on a GPU, else up to 4)")
     ap.add_argument("--optimizer", default="adamw")
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of each seed's first training")
+    ap.add_argument("--finetune-lr", type=float, default=3e-4,
+                    help="peak learning rate of the fine-tuning rounds (the first training's rate undoes what it learned)")
     ap.add_argument("--lesion-rate", type=float, default=0.5, help="share of phantoms drawn with lesions")
     ap.add_argument("--two-classes", action="store_true", help="benign / malignant instead of one class 'lesion'")
     a = ap.parse_args()
 
-    from ml_backend.active_learning import priority_scores
+    import torch
+
     from ml_backend.boxes import Detections
-    from ml_backend.detector import LesionDetector
-    from ml_backend.metrics import detection_map
 
     t0 = time.perf_counter()
     drawn = dict(fmt="png", size=a.size, lesion_rate=a.lesion_rate, regions=REGIONS)
@@ -132,76 +233,46 @@ def main() -> None:
     if not a.two_classes:
         classes = ["lesion"]
         labels, t_labels = ([["lesion"] * len(x) for x in group] for group in (labels, t_labels))
-    gt = [Detections(b, None, lab) for b, lab in zip(t_boxes, t_labels)]
     print(f"pool {len(images)} images ({sum(len(b) > 0 for b in boxes)} with lesions, {sum(map(len, boxes))} "
           f"lesions), test {len(t_images)} ({sum(map(len, t_boxes))} lesions), long side {a.size}; prepared in "
           f"{time.perf_counter() - t0:.0f} s", flush=True)
 
-    # Each seed's curves are kept under bench/out, keyed by every other setting: a run cut short
-    # (or split over several calls, as a GPU lease wants) resumes at the first seed not done.
-    settings = {k: v for k, v in sorted(vars(a).items()) if k not in ("seeds", "workers")}
+    # Every piece of work is saved under bench/out, keyed by every other setting: a run cut short
+    # (or split over several calls, as a GPU lease wants) resumes where it stopped.
+    settings = {k: v for k, v in sorted(vars(a).items()) if k not in ("seeds", "workers", "jobs")}
     key = hashlib.sha1(json.dumps(settings).encode()).hexdigest()[:10]
     done_dir = OUT / "active_learning"
     done_dir.mkdir(parents=True, exist_ok=True)
-    anchors = tuple(int(v) for v in a.anchors.split(","))
     budgets = [a.start + a.step * r for r in range(a.rounds + 1)]
+    jobs = a.jobs or (1 if torch.cuda.is_available() else min(4, os.cpu_count() or 1))
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    state = dict(a=a, images=images, boxes=boxes, labels=labels, t_images=t_images, classes=classes,
+                 gt=[Detections(b, None, lab) for b, lab in zip(t_boxes, t_labels)], prefix=str(done_dir / key), wall0=time.time())
+    print(f"{jobs} parallel job(s) of {threads} thread(s)", flush=True)
+
     curves = {"active": np.zeros((a.seeds, len(budgets))), "random": np.zeros((a.seeds, len(budgets)))}
-
-    def train(idx: list[int], seed: int, previous: LesionDetector | None = None) -> LesionDetector:
-        """About ``--steps`` optimiser steps whatever the number of labels (epochs alone would
-        starve the small sets); with ``previous``, ``--finetune-steps`` starting from its weights."""
-        steps, init = a.steps, None
-        if previous is not None and a.finetune_steps:
-            steps, init = a.finetune_steps, previous.save(done_dir / f"{key}-previous.pt")
-        per_epoch = math.ceil(len(idx) * (a.tiles_per_image if a.tile else 1) / a.batch_size)
-        return LesionDetector(classes, arch=a.arch, size=a.size, tile=a.tile or None, tiles_per_image=a.tiles_per_image,
-                              anchor_sizes=anchors, optimizer=a.optimizer, lr=a.lr, batch_size=a.batch_size,
-                              rois_per_image=a.rois_per_image, proposals=a.proposals, init_weights=init,
-                              epochs=max(1, round(steps / per_epoch)), workers=a.workers, seed=seed).fit(
-            [images[i] for i in idx], [boxes[i] for i in idx], [labels[i] for i in idx])
-
-    def judge(det: LesionDetector) -> float:
-        return float(detection_map(gt, det.predict(t_images, score_threshold=0.001), classes)["map50"])
-
-    def run_seed(seed: int) -> dict:
-        rng = np.random.default_rng(1000 + seed)
-        start = sorted(rng.choice(len(images), a.start, replace=False).tolist())
-        det0 = train(start, seed)
-        m0 = judge(det0)
-        print(f"seed {seed}: {a.start} labels, mAP@0.5 {m0:.3f} (both strategies start here)", flush=True)
-        curve = {}
-        for strategy in ("active", "random"):
-            curve[strategy] = [m0]
-            labelled, det = list(start), det0
-            pick_rng = np.random.default_rng(2000 + seed)
-            for _ in range(a.rounds):
-                rest = [i for i in range(len(images)) if i not in set(labelled)]
-                if strategy == "random":
-                    new = pick_rng.choice(rest, a.step, replace=False).tolist()
-                else:
-                    analysis = det.analyse([images[i] for i in rest])
-                    known = det.embed([images[i] for i in labelled])
-                    prio = priority_scores(analysis.uncertainty, analysis.embeddings, batch_size=a.step, labeled=known)
-                    new = [rest[i] for i in np.argsort(-prio, kind="stable")[: a.step]]
-                labelled += new
-                det = train(sorted(labelled), seed, det)
-                curve[strategy].append(judge(det))
-                with_lesions = sum(len(boxes[i]) > 0 for i in labelled)
-                print(f"  seed {seed} {strategy:6s}: {len(labelled):4d} labels ({with_lesions} with lesions), mAP@0.5 "
-                      f"{curve[strategy][-1]:.3f}  ({(time.perf_counter() - t0) / 60:.1f} min)", flush=True)
-        return curve
-
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                             initargs=(state, threads)) as ex:
+        pending = set()
+        for seed in range(a.seeds):
+            if Path(f"{state['prefix']}-seed{seed}-start.json").exists():
+                pending |= {ex.submit(chain, seed, strategy) for strategy in curves}
+            else:
+                pending.add(ex.submit(start, seed))
+        try:
+            while pending:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for f in finished:
+                    result = f.result()
+                    if result["kind"] == "start":
+                        pending |= {ex.submit(chain, result["seed"], strategy) for strategy in curves}
+                    else:
+                        curves[result["strategy"]][result["seed"]] = result["curve"]
+        except BaseException:  # one job failed (or Ctrl-C): do not start the queued ones
+            ex.shutdown(wait=False, cancel_futures=True)
+            raise
     for seed in range(a.seeds):
-        done = done_dir / f"{key}-seed{seed}.json"
-        if done.exists():
-            curve = json.loads(done.read_text())["curves"]
-            print(f"seed {seed}: from {done.relative_to(ROOT)}: active {curve['active']}, random {curve['random']}")
-        else:
-            curve = run_seed(seed)
-            done.write_text(json.dumps({"settings": settings, "seed": seed, "curves": curve}))
-        for strategy in curves:
-            curves[strategy][seed] = curve[strategy]
-    (done_dir / f"{key}-previous.pt").unlink(missing_ok=True)
+        Path(f"{state['prefix']}-seed{seed}-start.pt").unlink(missing_ok=True)
 
     mean = {k: v.mean(0) for k, v in curves.items()}
     sd = {k: v.std(0) for k, v in curves.items()}

@@ -21,6 +21,7 @@ import pytest
 from sqlalchemy import delete, func, select
 
 from backend.detector_data import labelled_images
+from backend.detector_job import FIRST_LR, WARM_START_LR_SCALE
 from backend.detector_retrain import maybe_retrain
 from backend.detector_store import active_version
 from backend.ingest import ingest_paths
@@ -393,6 +394,7 @@ def test_warm_start_fine_tunes_the_active_version_of_the_same_architecture(world
     assert job.result["warm_start"] == before != job.result["version"]
     meta = json.loads((settings.models_dir / "detector" / job.result["version"] / "metadata.json").read_text())
     assert meta["warm_start"] == before and meta["config"]["init_weights"].endswith(f"{before}/detector.pt")
+    assert meta["config"]["lr"] == pytest.approx(FIRST_LR * WARM_START_LR_SCALE)  # no lr given: the lower one
     old_meta = json.loads((settings.models_dir / "detector" / before / "metadata.json").read_text())
     report = meta["init_report"]
     assert report["loaded"] > 100 and report["missing"] == 0
