@@ -798,5 +798,27 @@ def demo(settings: Settings, data: str | None, n: int, cluster_epochs: int, sort
         raise click.ClickException(str(exc)) from None
 
 
+def run() -> None:
+    """The ``samx`` script and ``python -m backend.cli``. Under torchrun a process leaves with
+    ``os._exit`` once its command is done and its output flushed: after DDP has used the gloo
+    group, torch keeps its threads alive past ``destroy_process_group``, and tearing them down
+    with the interpreter now and then aborts a process whose work had finished (SIGABRT,
+    "terminate called without an active exception"), which torchrun reports as a failure."""
+    if not _under_torchrun():
+        main()
+        return
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run()
