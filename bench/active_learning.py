@@ -7,8 +7,8 @@ in a real dump far fewer images have one). Boxes are one class, "lesion", unless
 detector most, and two subtle classes on a few dozen images only add noise to both curves.
 Each seed starts both strategies from the same random labelled set and the same detector
 trained on it from scratch (``--steps``). Every round ``--step`` more images are labelled: the
-top of ml_backend.active_learning's ranking (uncertainty from the detector's scores and a
-flipped pass, diversity in its embedding, away from what is labelled) or a random draw; the
+top of ml_backend.active_learning's ranking (summed score entropy of the image and its mirror,
+diversity in the detector's embedding, away from what is labelled) or a random draw; the
 round's detector fine-tunes the previous one on everything labelled (``--finetune-steps`` at
 ``--finetune-lr``, as ``samx train detector --warm-start`` does; 0 steps: from scratch every
 round) and is judged on the test set (mAP@0.5, COCO 101-point, pycocotools). Same seeds, same
@@ -54,6 +54,7 @@ OUT = ROOT / "bench" / "out"
 from bench.cached_phantoms import cached_phantoms  # noqa: E402
 
 REGIONS = ["hand", "wrist", "knee", "foot", "pelvis", "spine"]  # lesions sit on long and flat bones
+RANKING_CODE = ("uncertainty.py", "active_learning.py")  # saved results are reused only with this ranking
 MEANINGFUL_MAP = 0.05  # below this, "reaching random's mAP" is reaching noise
 
 
@@ -172,7 +173,8 @@ def chain(seed: int, strategy: str) -> dict:
         else:
             analysis = det.analyse([images[i] for i in rest])
             known = det.embed([images[i] for i in labelled])
-            prio = priority_scores(analysis.uncertainty, analysis.embeddings, batch_size=a.step, labeled=known)
+            prio = priority_scores(analysis.uncertainty, analysis.embeddings, batch_size=a.step, labeled=known,
+                                   diversity=a.diversity)
             new = [rest[i] for i in np.argsort(-prio, kind="stable")[: a.step]]
         labelled += new
         det = _train(sorted(labelled), seed, previous)
@@ -214,6 +216,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of each seed's first training")
     ap.add_argument("--finetune-lr", type=float, default=3e-4,
                     help="peak learning rate of the fine-tuning rounds (the first training's rate undoes what it learned)")
+    ap.add_argument("--diversity", type=float, default=0.5,
+                    help="weight of diversity against uncertainty in the ranking (the product's default)")
     ap.add_argument("--lesion-rate", type=float, default=0.5, help="share of phantoms drawn with lesions")
     ap.add_argument("--two-classes", action="store_true", help="benign / malignant instead of one class 'lesion'")
     a = ap.parse_args()
@@ -240,6 +244,7 @@ def main() -> None:
     # Every piece of work is saved under bench/out, keyed by every other setting: a run cut short
     # (or split over several calls, as a GPU lease wants) resumes where it stopped.
     settings = {k: v for k, v in sorted(vars(a).items()) if k not in ("seeds", "workers", "jobs")}
+    settings["ranking_code"] = hashlib.sha1(b"".join((ROOT / "ml_backend" / f).read_bytes() for f in RANKING_CODE)).hexdigest()
     key = hashlib.sha1(json.dumps(settings).encode()).hexdigest()[:10]
     done_dir = OUT / "active_learning"
     done_dir.mkdir(parents=True, exist_ok=True)

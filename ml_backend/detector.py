@@ -116,7 +116,7 @@ class Analysis:
     an embedding, row-aligned."""
 
     detections: list[Detections]
-    uncertainty: np.ndarray  # (n,) in [0, 1]
+    uncertainty: np.ndarray  # (n,) >= 0: summed score entropy, about the number of doubtful boxes
     embeddings: np.ndarray  # (n, d) float32, L2-normalised
     flipped: list[Detections] = field(default_factory=list)  # mirrored predictions, mirrored back
 
@@ -400,7 +400,7 @@ class LesionDetector:
         return _l2(self._forward(images)[1])
 
     def uncertainty(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        """(n,) in [0, 1]: score entropy and flip disagreement (see ml_backend.uncertainty)."""
+        """(n,) >= 0: the detections' summed score entropy, as is and mirrored (ml_backend.uncertainty)."""
         return self.analyse(images).uncertainty
 
     def analyse(self, images: Sequence[np.ndarray]) -> Analysis:

@@ -6,7 +6,7 @@ import pytest
 
 from ml_backend.active_learning import priority_scores, rank
 from ml_backend.boxes import Detections
-from ml_backend.uncertainty import detection_uncertainty, flip_disagreement, mirror, score_entropy
+from ml_backend.uncertainty import detection_uncertainty, entropy_sum, mirror
 
 
 def groups(n_groups=10, per_group=8, dim=32, seed=0):
@@ -86,17 +86,14 @@ def test_mirror_is_its_own_inverse():
     assert mirror(m, 100).boxes.tolist() == a.boxes.tolist()
 
 
-def test_flip_disagreement_and_entropy():
-    a = d([[10, 10, 20, 20]], ["benign"], [0.9])
-    assert flip_disagreement(a, a) == pytest.approx(0.0)
-    assert flip_disagreement(a, d([[60, 60, 20, 20]], ["benign"], [0.9])) == pytest.approx(1.0)
-    assert flip_disagreement(a, d([[10, 10, 20, 20]], ["malignant"], [0.9])) == pytest.approx(1.0)
-    assert flip_disagreement(a, d([], [], [])) == 1.0
-    assert flip_disagreement(d([], [], []), d([], [], [])) == 0.0
-    half = d([[10, 10, 20, 10]], ["benign"], [0.9])  # IoU 1/2
-    assert flip_disagreement(a, half) == pytest.approx(0.5)
-    assert score_entropy(d([[0, 0, 1, 1]], ["benign"], [0.5])) == pytest.approx(1.0)
-    assert score_entropy(a) < 0.5
-    sure = detection_uncertainty(a, a)
-    unsure = detection_uncertainty(d([[10, 10, 20, 20]], ["benign"], [0.5]), half)
-    assert 0 <= sure < unsure <= 1
+def test_uncertainty_sums_the_doubtful_boxes_of_both_views():
+    sure = d([[10, 10, 20, 20]], ["benign"], [0.99])
+    maybe = d([[10, 10, 20, 20]], ["benign"], [0.5])
+    assert entropy_sum(maybe) == pytest.approx(1.0)  # a box at 0.5 is one bit
+    assert entropy_sum(d([], [], [])) == 0.0
+    assert 0 < entropy_sum(sure) < 0.1
+    two = d([[10, 10, 20, 20], [60, 60, 10, 10]], ["benign", "malignant"], [0.5, 0.5])
+    assert entropy_sum(two) == pytest.approx(2.0)  # two doubts teach more than one
+    assert detection_uncertainty(maybe, d([], [], [])) == pytest.approx(0.5)  # the views are averaged
+    assert detection_uncertainty(d([], [], []), d([], [], [])) == 0.0
+    assert detection_uncertainty(sure, sure) < detection_uncertainty(maybe, maybe) < detection_uncertainty(two, two)
