@@ -162,7 +162,7 @@ def chain(seed: int, strategy: str) -> dict:
         return {"kind": "chain", "seed": seed, "strategy": strategy, "curve": curve}
     begun = json.loads(Path(f"{prefix}-seed{seed}-start.json").read_text())
     labelled, previous = list(begun["labelled"]), f"{prefix}-seed{seed}-start.pt"
-    det = LesionDetector.load(previous)
+    det = LesionDetector.load(previous) if strategy == "active" else None  # random picks without it
     curve = [begun["map50"]]
     pick_rng = np.random.default_rng(2000 + seed)
     for _ in range(a.rounds):
@@ -184,7 +184,7 @@ def chain(seed: int, strategy: str) -> dict:
         print(f"  seed {seed} {strategy:6s}: {len(labelled):4d} labels ({with_lesions} with lesions), mAP@0.5 "
               f"{curve[-1]:.3f}  ({(time.time() - _W['wall0']) / 60:.1f} min)", flush=True)
     Path(previous).unlink(missing_ok=True)
-    done.write_text(json.dumps({"settings": vars(a), "seed": seed, "strategy": strategy, "curve": curve}))
+    done.write_text(json.dumps({"settings": _W["settings"], "seed": seed, "strategy": strategy, "curve": curve}))
     return {"kind": "chain", "seed": seed, "strategy": strategy, "curve": curve}
 
 
@@ -251,8 +251,9 @@ def main() -> None:
     budgets = [a.start + a.step * r for r in range(a.rounds + 1)]
     jobs = a.jobs or (1 if torch.cuda.is_available() else min(4, os.cpu_count() or 1))
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    state = dict(a=a, images=images, boxes=boxes, labels=labels, t_images=t_images, classes=classes,
-                 gt=[Detections(b, None, lab) for b, lab in zip(t_boxes, t_labels)], prefix=str(done_dir / key), wall0=time.time())
+    state = dict(a=a, settings=settings, images=images, boxes=boxes, labels=labels, t_images=t_images,
+                 classes=classes, gt=[Detections(b, None, lab) for b, lab in zip(t_boxes, t_labels)],
+                 prefix=str(done_dir / key), wall0=time.time())
     print(f"{jobs} parallel job(s) of {threads} thread(s)", flush=True)
 
     curves = {"active": np.zeros((a.seeds, len(budgets))), "random": np.zeros((a.seeds, len(budgets)))}
