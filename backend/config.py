@@ -19,6 +19,17 @@ def _number_env(name: str, default, kind=int):
         raise ValueError(f"{name} must be {what}, got {raw!r}") from None
 
 
+def _flag_env(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name} must be 1 or 0 (true/false, yes/no, on/off), got {raw!r}")
+
+
 def _positive_hours(hours: float) -> float:
     if not hours > 0 or hours == float("inf"):
         raise ValueError(f"SAMX_SESSION_HOURS must be a positive number of hours, got {hours!r}")
@@ -41,6 +52,9 @@ class Settings:
     #: What a detector training the loop queues uses unless the job says otherwise (CPU: small).
     detector_epochs: int = 20
     detector_size: int = 512
+    #: The loop's retrain fine-tunes the active version (its architecture, tile and size) instead
+    #: of training from scratch: a round then needs a fraction of the steps (bench/active_learning.py).
+    detector_warm_start: bool = True
     #: Boxes scoring below this (after decision fusion) are not offered as pre-annotations.
     detector_min_score: float = 0.2
     # Label Studio (backend/labelstudio/): the one `samx labelstudio up` starts, or an external one.
@@ -76,6 +90,7 @@ class Settings:
                    detector_retrain_after=max(0, _number_env("SAMX_DETECTOR_RETRAIN_AFTER", 20)),
                    detector_epochs=_number_env("SAMX_DETECTOR_EPOCHS", 20),
                    detector_size=_number_env("SAMX_DETECTOR_SIZE", 512),
+                   detector_warm_start=_flag_env("SAMX_DETECTOR_WARM_START", True),
                    detector_min_score=_number_env("SAMX_DETECTOR_MIN_SCORE", 0.2, float),
                    label_studio_host=env("SAMX_LABEL_STUDIO_HOST") or "127.0.0.1",
                    label_studio_port=_number_env("SAMX_LABEL_STUDIO_PORT", 8080),

@@ -33,6 +33,7 @@ from backend.sorter_job import predicted_regions
 from ml_backend.abnormality import AbnormalityClassifier
 from ml_backend.active_learning import priority_scores
 from ml_backend.detector import DetectorConfig, LesionDetector
+from training import distributed
 
 log = logging.getLogger("samx.detector")
 
@@ -42,7 +43,9 @@ FIRST_LR = DetectorConfig.lr  # the learning rate of a training from scratch, un
 WARM_START_LR_SCALE = 0.3
 
 DEFAULTS = {"arch": "mobilenet_v3", "tile": None, "batch_size": 4, "lr": None, "seed": 0,
-            "classifier_epochs": 15, "min_images": 4, "reason": "manual", "rank_batch": 50, "warm_start": False}
+            "classifier_epochs": 15, "min_images": 4, "reason": "manual", "rank_batch": 50, "warm_start": False,
+            "follow_active": False}
+FOLLOWED = ("arch", "tile", "size", "batch_size")  # what a loop's training takes from the active version
 
 
 def _lesion_classes(s, rows: list[LabelledImage]) -> list[str]:
@@ -80,10 +83,27 @@ def warm_start_weights(settings: Settings, db, arch: str) -> tuple[str, str]:
     return str(settings.data_dir / path), version
 
 
+def followed_settings(settings: Settings, db, given: dict) -> dict:
+    """For a training the labeling loop queued: the active version's architecture, tile, size and
+    batch (what whoever trained it chose, e.g. ResNet-18 on tiles for small lesions; the loop's
+    defaults would silently swap it for MobileNetV3) where the job names none, and a warm start
+    from it unless ``settings.detector_warm_start`` is off. Nothing while no version is active."""
+    with db.session() as s:
+        mv = active_version(s)
+        if mv is None:
+            return {}
+        config = dict(mv.config or {})
+    followed = {k: config[k] for k in FOLLOWED if k in config and k not in given}
+    same_arch = given.get("arch", config.get("arch")) == config.get("arch")
+    return {**followed, "warm_start": bool(given.get("warm_start", settings.detector_warm_start and same_arch))}
+
+
 def run_train_detector_job(ctx: JobContext) -> dict:
     settings: Settings = ctx.settings
-    p = {**DEFAULTS, "epochs": settings.detector_epochs, "size": settings.detector_size,
-         **{k: v for k, v in dict(ctx.params).items() if v is not None}}
+    given = {k: v for k, v in dict(ctx.params).items() if v is not None}
+    p = {**DEFAULTS, "epochs": settings.detector_epochs, "size": settings.detector_size, **given}
+    if p["follow_active"]:
+        p.update(followed_settings(settings, ctx.db, given))
     t0 = time.perf_counter()
     with ctx.db.session() as s:
         rows = labelled_images(s)
@@ -132,7 +152,7 @@ def run_train_detector_job(ctx: JobContext) -> dict:
             "n_abnormal": int(y.sum()), "data_hash": data_hash(rows), "config": asdict(cfg),
             "classifier": classifier is not None, "fusion_threshold": float(threshold), "metrics": metrics,
             "history": [asdict(h) for h in detector.history_], "trigger": p["reason"], "warm_start": warm_from,
-            "init_report": detector.init_report_}
+            "init_report": detector.init_report_, "processes": distributed.world_size()}  # > 1: under torchrun
 
     def fill(tmp: Path) -> None:
         detector.save(tmp / "detector.pt")

@@ -1,6 +1,8 @@
 """The detector's retrain loop: Label Studio's START_TRAINING, or N annotations synced since the
 last training was queued, queue one "train_detector" job. Debounced: while one is queued or
-running, nothing more is queued, and the count starts again from the newest one."""
+running, nothing more is queued, and the count starts again from the newest one. The job
+continues the active version (``follow_active``): its architecture, tile and size, and its
+weights unless ``settings.detector_warm_start`` is off."""
 from __future__ import annotations
 
 from sqlalchemy import func, select
@@ -33,4 +35,4 @@ def maybe_retrain(db: Database, *, force_reason: str | None = None, send: bool =
             if threshold <= 0 or new < threshold:
                 return None
             force_reason = f"{new} annotations since the last training"
-    return enqueue(db, JOB_KIND, {"reason": force_reason}, send=send)
+    return enqueue(db, JOB_KIND, {"reason": force_reason, "follow_active": True}, send=send)

@@ -182,6 +182,7 @@ def test_retrain_is_queued_once_after_n_annotations_and_not_again_while_pending(
         apply_event(db, "ANNOTATION_CREATED", ls_event("ANNOTATION_CREATED", k + 1, image_id, 256, 256, []))
         queued.append(maybe_retrain(db, send=False))
     assert [j is not None for j in queued] == [False, False, True, False, False, False]  # pending: debounced
+    assert queued[2].params == {"reason": "3 annotations since the last training", "follow_active": True}
     assert maybe_retrain(db, force_reason="START_TRAINING", send=False) is None
     with db.session() as s:
         assert s.scalar(select(func.count()).select_from(Job).where(Job.kind == "train_detector")) == 1
@@ -402,3 +403,30 @@ def test_warm_start_fine_tunes_the_active_version_of_the_same_architecture(world
         assert report["reinitialised"] == []
     else:  # a class came or went: only the box predictor starts afresh
         assert report["reinitialised"] and all(k.startswith("roi_heads.box_predictor.") for k in report["reinitialised"])
+
+
+def test_the_loops_retrain_continues_the_active_version(world, trained):
+    """Runs after the warm-start test: a training the loop queues (no architecture named) keeps
+    the active version's ResNet-18 on 64 px tiles at 128 px, not the job's MobileNetV3 default,
+    and fine-tunes it; with SAMX_DETECTOR_WARM_START off it trains that architecture from scratch."""
+    from backend.db import Database
+
+    db, settings = world["db"], world["settings"]
+    with db.session() as s:
+        before = active_version(s).version
+    job = run_job(db, "train_detector", follow_active=True, epochs=1, classifier_epochs=1, min_images=4, rank_batch=2)
+    assert job.status == JobStatus.succeeded, job.error
+    meta = json.loads((settings.models_dir / "detector" / job.result["version"] / "metadata.json").read_text())
+    assert (meta["config"]["arch"], meta["config"]["tile"], meta["config"]["size"]) == ("resnet18_fpn", 64, 128)
+    assert meta["warm_start"] == before and meta["config"]["lr"] == pytest.approx(FIRST_LR * WARM_START_LR_SCALE)
+
+    cold = Database(dataclasses.replace(settings, detector_warm_start=False))
+    try:
+        job = run_job(cold, "train_detector", follow_active=True, epochs=1, classifier_epochs=1, min_images=4,
+                      rank_batch=2)
+    finally:
+        cold.dispose()
+    assert job.status == JobStatus.succeeded, job.error
+    meta = json.loads((settings.models_dir / "detector" / job.result["version"] / "metadata.json").read_text())
+    assert meta["config"]["arch"] == "resnet18_fpn" and meta["warm_start"] is None
+    assert meta["config"]["init_weights"] is None and meta["config"]["lr"] == pytest.approx(FIRST_LR)
