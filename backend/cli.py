@@ -50,7 +50,8 @@ def _under_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1  # what torchrun sets; read without importing torch
 
 
-#: What runs on several GPUs under torchrun: DeepCluster (`samx cluster`) and the sorter (`samx train sorter`).
+#: What runs on several GPUs under torchrun: DeepCluster (`samx cluster`), the sorter and the lesion
+#: detector (`samx train sorter`, `samx train detector`).
 TORCHRUN_COMMANDS = ("cluster", "train")
 
 
@@ -59,8 +60,8 @@ def _join_torchrun(ctx: click.Context) -> None:
     alongside it (training.distributed) and exits when it is done. The followers never open
     the database: rank 0 alone migrates, reads and writes it."""
     if ctx.invoked_subcommand not in TORCHRUN_COMMANDS:
-        raise click.UsageError(f"under torchrun samx runs `samx cluster` and `samx train sorter`; "
-                               f"run `samx {ctx.invoked_subcommand}` as one process")
+        raise click.UsageError("under torchrun samx runs `samx cluster`, `samx train sorter` and "
+                               f"`samx train detector`; run `samx {ctx.invoked_subcommand}` as one process")
     from training import distributed
 
     _setup_logging(ctx.obj)
@@ -500,9 +501,6 @@ def train_detector(settings: Settings, epochs: int | None, size: int | None, arc
     Judged on the fixed validation split (mAP@0.5, AUROC; the decision-fusion threshold is
     Youden's J there), stored as the active version; the ML backend swaps to it, and the
     unlabelled images are ranked for labeling (pushed to Label Studio when synced)."""
-    if _under_torchrun():
-        raise click.UsageError("the detector trains in one process (one GPU); under torchrun samx runs "
-                               "`samx cluster` and `samx train sorter`")
     db = open_db(settings)
     params = {"epochs": epochs, "size": size, "arch": arch, "tile": tile, "batch_size": batch_size, "lr": lr,
               "seed": seed, "warm_start": warm_start, "reason": "samx train detector"}

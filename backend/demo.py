@@ -65,7 +65,7 @@ def _phantoms(settings: Settings, n: int, echo: Echo) -> tuple[Path, dict]:
     return root, json.loads(truth_file.read_text())
 
 
-def _lesion_dataset(root: Path, truth: dict) -> Path:
+def lesion_dataset(root: Path, truth: dict) -> Path:
     """Every other phantom with lesions as a COCO file: the boxes a team brings from earlier work."""
     with_lesions = [e for e in truth["images"] if e["lesions"]][::2]
     classes = sorted({les["label"] for e in with_lesions for les in e["lesions"]})
@@ -125,7 +125,7 @@ def prepare(settings: Settings, db: Database, opts: DemoOptions, echo: Echo) -> 
             echo(f"no sorter yet: {exc}")
     if not has_boxes:
         try:
-            _job(db, "import", {"format": "coco", "path": str(_lesion_dataset(root, truth)), "image_dir": str(root)}, echo)
+            _job(db, "import", {"format": "coco", "path": str(lesion_dataset(root, truth)), "image_dir": str(root)}, echo)
         except RuntimeError as exc:
             echo(f"no boxes imported: {exc}")
 

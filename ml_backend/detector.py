@@ -23,11 +23,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.models import detection as tvdet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 
 from imaging.files import save_torch_atomic
+from training import distributed
 
 from .augment import as_sample, detection_transform
 from .boxes import Detections, xywh_to_xyxy, xyxy_to_xywh
@@ -257,60 +258,22 @@ class LesionDetector:
 
     def _train(self, images, boxes_xyxy, label_idx, val, progress) -> None:
         cfg = self.config
-        dev = self.device
         with torch.random.fork_rng():  # seed without disturbing the caller's random state
             torch.manual_seed(cfg.seed)
             model = build_model(cfg.arch, len(self.classes) + 1, cfg)
             if cfg.init_weights:
                 self.init_report_ = load_init_weights(model, cfg.init_weights)
-            model.to(dev)
-            self.model_ = model
-            transform = detection_transform(cfg.hflip, cfg.scale_jitter, cfg.brightness, cfg.contrast, cfg.gamma)
-            loader = DataLoader(_TrainSet(images, boxes_xyxy, label_idx, cfg, transform),
-                                batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.workers,
-                                collate_fn=_collate, generator=torch.Generator().manual_seed(cfg.seed))
-            params = [p for p in model.parameters() if p.requires_grad]
-            opt = (torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-                   if cfg.optimizer == "sgd" else torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay))
-            sched, total = one_cycle(opt, cfg.lr, cfg.epochs * len(loader), cfg.warmup, cfg.optimizer == "sgd")
-            self.history_ = []
-            step = 0
-            for epoch in range(cfg.epochs):
-                model.train()
-                set_input_size(model, cfg.tile or cfg.size)
-                t0, sums, count, lr = time.perf_counter(), {}, 0, opt.param_groups[0]["lr"]
-                for batch_images, targets in loader:  # torchvision references/detection train_one_epoch
-                    batch_images = [im.to(dev).expand(3, -1, -1) for im in batch_images]
-                    targets = [{k: v.to(dev) for k, v in t.items()} for t in targets]
-                    losses = model(batch_images, targets)
-                    loss = sum(losses.values())
-                    if not math.isfinite(loss.item()):
-                        raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1} "
-                                                 f"({ {k: round(v.item(), 4) for k, v in losses.items()} }); lower lr")
-                    opt.zero_grad()
-                    loss.backward()
-                    if cfg.grad_clip:
-                        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                    opt.step()
-                    lr = opt.param_groups[0]["lr"]
-                    if step + 1 < total:
-                        sched.step()
-                    step += 1
-                    n = len(batch_images)
-                    for k, v in losses.items():
-                        sums[k] = sums.get(k, 0.0) + v.item() * n
-                    count += n
-                    if progress:
-                        progress(step, total, f"epoch {epoch + 1}/{cfg.epochs}, loss {loss.item():.3f}")
-                set_input_size(model, cfg.size)  # predictions see whole images
-                parts = {k: v / max(count, 1) for k, v in sums.items()}
-                log = EpochLog(epoch, sum(parts.values()), parts, lr, time.perf_counter() - t0)
+            self.model_ = model  # still on the CPU: under torchrun it is sent to every rank, which moves it
+
+            def judge(log: EpochLog) -> None:
                 if val is not None:
                     from .metrics import detection_map  # pycocotools only when asked
 
                     pred = self.predict(val[0], score_threshold=0.001)
                     log.val_map50 = detection_map(val[1], pred, self.classes)["map50"]
-                self.history_.append(log)
+
+            self.history_ = distributed.run(train_network, model, images, boxes_xyxy, label_idx, cfg,
+                                            local={"progress": progress, "on_epoch": judge})
             if cfg.bn_images:
                 self._recompute_bn(images)
         model.eval()
@@ -435,6 +398,70 @@ class LesionDetector:
         det.history_ = [EpochLog(**h) for h in state["history"]]
         det.init_report_ = state["init_report"]
         return det
+
+
+def train_network(model: torch.nn.Module, images, boxes_xyxy, label_idx, cfg: DetectorConfig, *,
+                  progress: Progress | None = None, on_epoch: Callable[[EpochLog], None] | None = None
+                  ) -> list[EpochLog]:
+    """torchvision's references/detection training loop, on ``model`` in place; one EpochLog per
+    epoch (``on_epoch`` may add to it before it is kept). Under torchrun every rank runs it
+    (training.distributed) on its share of each epoch's images or tiles, other augmentations
+    on each, and DistributedDataParallel keeps the weights the same everywhere."""
+    dev = distributed.device(cfg.device)
+    if distributed.active():
+        torch.manual_seed(cfg.seed + distributed.rank())
+    model.to(dev)
+    net = distributed.wrap(model, dev)
+    transform = detection_transform(cfg.hflip, cfg.scale_jitter, cfg.brightness, cfg.contrast, cfg.gamma)
+    data = _TrainSet(images, boxes_xyxy, label_idx, cfg, transform)
+    sampler = DistributedSampler(data, seed=cfg.seed) if distributed.active() else None
+    loader = DataLoader(data, batch_size=distributed.local_batch(cfg.batch_size), shuffle=sampler is None,
+                        sampler=sampler, num_workers=cfg.workers, collate_fn=_collate,
+                        generator=torch.Generator().manual_seed(cfg.seed))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = (torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+           if cfg.optimizer == "sgd" else torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay))
+    sched, total = one_cycle(opt, cfg.lr, cfg.epochs * len(loader), cfg.warmup, cfg.optimizer == "sgd")
+    history: list[EpochLog] = []
+    step = 0
+    for epoch in range(cfg.epochs):
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        net.train()
+        set_input_size(model, cfg.tile or cfg.size)
+        t0, sums, count, lr = time.perf_counter(), {}, 0, opt.param_groups[0]["lr"]
+        for batch_images, targets in loader:  # torchvision references/detection train_one_epoch
+            batch_images = [im.to(dev).expand(3, -1, -1) for im in batch_images]
+            targets = [{k: v.to(dev) for k, v in t.items()} for t in targets]
+            losses = net(batch_images, targets)
+            loss = sum(losses.values())
+            if not math.isfinite(loss.item()):
+                raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1} "
+                                         f"({ {k: round(v.item(), 4) for k, v in losses.items()} }); lower lr")
+            opt.zero_grad()
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            lr = opt.param_groups[0]["lr"]
+            if step + 1 < total:
+                sched.step()
+            step += 1
+            n = len(batch_images)
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + v.item() * n
+            count += n
+            if progress:
+                progress(step, total, f"epoch {epoch + 1}/{cfg.epochs}, loss {loss.item():.3f}")
+        set_input_size(model, cfg.size)  # predictions see whole images
+        names = list(sums)  # the same losses, in the same order, on every rank
+        *summed, count = distributed.total(*(sums[k] for k in names), count)
+        parts = {k: v / max(count, 1) for k, v in zip(names, summed)}
+        log = EpochLog(epoch, sum(parts.values()), parts, lr, time.perf_counter() - t0)
+        if on_epoch is not None:
+            on_epoch(log)
+        history.append(log)
+    return history
 
 
 def _l2(x: np.ndarray) -> np.ndarray:

@@ -1,5 +1,6 @@
 """The GPU path, run for real on the CPU: `torchrun` starts two samx processes that train
-DeepCluster and the sorter together (gloo instead of NCCL, the same code otherwise)."""
+DeepCluster, the sorter and the lesion detector together (gloo instead of NCCL, the same code
+otherwise)."""
 from __future__ import annotations
 
 import json
@@ -14,6 +15,7 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from backend.cli import main
+from backend.demo import lesion_dataset
 
 pytestmark = pytest.mark.slow
 
@@ -70,11 +72,26 @@ def test_cluster_and_sorter_train_on_two_processes(tmp_path: Path):
     with db.session() as s:
         mv = s.scalar(select(ModelVersion).where(ModelVersion.kind == "sorter"))
         assert mv.config["processes"] == 2 and mv.status == "active"
+
+    # lesion boxes from an earlier dataset (every other phantom with lesions), then the detector
+    samx(data, "import", "coco", str(lesion_dataset(phantoms, json.loads((phantoms / "truth.json").read_text()))),
+         "--images", str(phantoms))
+    done = torchrun(data, "train", "detector", "--epochs", "2", "--size", "128", "--arch", "resnet18_fpn",
+                    "--tile", "64", "--batch-size", "4")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "unlabelled images ranked" in done.stdout
+    log = (data / "logs" / "samx.log").read_text()
+    assert log.count("rank 1: train_network") == 5  # the detector's, after the sorter's four
+    with db.session() as s:
+        mv = s.scalar(select(ModelVersion).where(ModelVersion.kind == "detector"))
+        assert mv.status == "active"
+    meta = json.loads((data / mv.path).with_name("metadata.json").read_text())
+    assert meta["processes"] == 2 and len(meta["history"]) == 2
     db.dispose()
 
 
 def test_commands_that_do_not_train_refuse_torchrun(tmp_path: Path, monkeypatch):
-    for args in (["train", "detector"], ["cluster", "--background"]):  # refused by rank 0, the others released
+    for args in (["train", "detector", "--background"], ["cluster", "--background"]):  # refused by rank 0, the others released
         done = torchrun(tmp_path, *args)
         assert done.returncode != 0 and "under torchrun" in done.stderr, done.stderr
         assert 'File "' + str(Path(__file__).parents[1] / "backend") not in done.stderr  # a usage error, no crash
