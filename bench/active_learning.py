@@ -29,9 +29,11 @@ worse in a 400-step probe). On whole images from scratch no configuration tried 
 lesions (test mAP@0.5 about 0.001); on tiles, the number of steps is what counts (60 labels:
 400 steps, test mAP 0.002; 1200 steps, 0.047). On 2 CPU cores a step of 8 tiles takes about
 0.4 s; the seeds' starting detectors and the strategies' chains of rounds run as ``--jobs``
-processes side by side (2 one-thread jobs there; 3 seeds take about 80 minutes), and a GPU
+processes side by side (2 one-thread jobs there; 3 seeds took 55 to 80 minutes), and a GPU
 takes minutes. Each starting detector and each chain is saved as it finishes, and a rerun with
-the same settings resumes after them.
+the same settings resumes after them; the starts and the random chains are keyed without the
+ranking (its code and ``--diversity``), so trying another ranking reruns only the active chains
+(the starting detectors, 55 MB each, stay in bench/out for that).
 """
 from __future__ import annotations
 
@@ -54,7 +56,8 @@ OUT = ROOT / "bench" / "out"
 from bench.cached_phantoms import cached_phantoms  # noqa: E402
 
 REGIONS = ["hand", "wrist", "knee", "foot", "pelvis", "spine"]  # lesions sit on long and flat bones
-RANKING_CODE = ("uncertainty.py", "active_learning.py")  # saved results are reused only with this ranking
+RANKING_CODE = ("uncertainty.py", "active_learning.py")  # saved active chains are reused only with this ranking
+RANKING_SETTINGS = ("diversity", "ranking_code")  # what only the active chains depend on
 MEANINGFUL_MAP = 0.05  # below this, "reaching random's mAP" is reaching noise
 
 
@@ -148,20 +151,26 @@ def start(seed: int) -> dict:
     return {"kind": "start", "seed": seed}
 
 
+def chain_file(state: dict, seed: int, strategy: str) -> Path:
+    """Random chains are saved with the starts (they do not depend on the ranking), active ones
+    under the ranking's key."""
+    return Path(f"{state['prefix' if strategy == 'random' else 'active_prefix']}-seed{seed}-{strategy}.json")
+
+
 def chain(seed: int, strategy: str) -> dict:
     """``--rounds`` rounds of one strategy from the seed's start: pick ``--step`` images, train,
     judge. Saved when done; a rerun returns the saved curve."""
     from ml_backend.active_learning import priority_scores
     from ml_backend.detector import LesionDetector
 
-    a, prefix, images, boxes = _W["a"], _W["prefix"], _W["images"], _W["boxes"]
-    done = Path(f"{prefix}-seed{seed}-{strategy}.json")
+    a, start_prefix, images, boxes = _W["a"], _W["prefix"], _W["images"], _W["boxes"]
+    done = chain_file(_W, seed, strategy)
     if done.exists():
         curve = json.loads(done.read_text())["curve"]
         print(f"seed {seed} {strategy}: from {done.name}: {curve}", flush=True)
         return {"kind": "chain", "seed": seed, "strategy": strategy, "curve": curve}
-    begun = json.loads(Path(f"{prefix}-seed{seed}-start.json").read_text())
-    labelled, previous = list(begun["labelled"]), f"{prefix}-seed{seed}-start.pt"
+    begun = json.loads(Path(f"{start_prefix}-seed{seed}-start.json").read_text())
+    labelled, previous = list(begun["labelled"]), f"{start_prefix}-seed{seed}-start.pt"
     det = LesionDetector.load(previous) if strategy == "active" else None  # random picks without it
     curve = [begun["map50"]]
     pick_rng = np.random.default_rng(2000 + seed)
@@ -178,13 +187,14 @@ def chain(seed: int, strategy: str) -> dict:
             new = [rest[i] for i in np.argsort(-prio, kind="stable")[: a.step]]
         labelled += new
         det = _train(sorted(labelled), seed, previous)
-        previous = str(det.save(f"{prefix}-seed{seed}-{strategy}-previous.pt"))
+        previous = str(det.save(done.with_name(f"{done.stem}-previous.pt")))
         curve.append(_judge(det))
         with_lesions = sum(len(boxes[i]) > 0 for i in labelled)
         print(f"  seed {seed} {strategy:6s}: {len(labelled):4d} labels ({with_lesions} with lesions), mAP@0.5 "
               f"{curve[-1]:.3f}  ({(time.time() - _W['wall0']) / 60:.1f} min)", flush=True)
     Path(previous).unlink(missing_ok=True)
-    done.write_text(json.dumps({"settings": _W["settings"], "seed": seed, "strategy": strategy, "curve": curve}))
+    settings = _W["settings"] if strategy == "active" else _W["start_settings"]
+    done.write_text(json.dumps({"settings": settings, "seed": seed, "strategy": strategy, "curve": curve}))
     return {"kind": "chain", "seed": seed, "strategy": strategy, "curve": curve}
 
 
@@ -241,30 +251,31 @@ def main() -> None:
           f"lesions), test {len(t_images)} ({sum(map(len, t_boxes))} lesions), long side {a.size}; prepared in "
           f"{time.perf_counter() - t0:.0f} s", flush=True)
 
-    # Every piece of work is saved under bench/out, keyed by every other setting: a run cut short
-    # (or split over several calls, as a GPU lease wants) resumes where it stopped.
+    # Every piece of work is saved under bench/out, keyed by every setting it depends on: a run
+    # cut short (or split over several calls, as a GPU lease wants) resumes where it stopped.
     settings = {k: v for k, v in sorted(vars(a).items()) if k not in ("seeds", "workers", "jobs")}
     settings["ranking_code"] = hashlib.sha1(b"".join((ROOT / "ml_backend" / f).read_bytes() for f in RANKING_CODE)).hexdigest()
-    key = hashlib.sha1(json.dumps(settings).encode()).hexdigest()[:10]
+    start_settings = {k: v for k, v in settings.items() if k not in RANKING_SETTINGS}
+    key, active_key = (hashlib.sha1(json.dumps(s).encode()).hexdigest()[:10] for s in (start_settings, settings))
     done_dir = OUT / "active_learning"
     done_dir.mkdir(parents=True, exist_ok=True)
     budgets = [a.start + a.step * r for r in range(a.rounds + 1)]
     jobs = a.jobs or (1 if torch.cuda.is_available() else min(4, os.cpu_count() or 1))
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    state = dict(a=a, settings=settings, images=images, boxes=boxes, labels=labels, t_images=t_images,
+    state = dict(a=a, settings=settings, start_settings=start_settings, images=images, boxes=boxes, labels=labels, t_images=t_images,
                  classes=classes, gt=[Detections(b, None, lab) for b, lab in zip(t_boxes, t_labels)],
-                 prefix=str(done_dir / key), wall0=time.time())
+                 prefix=str(done_dir / key), active_prefix=str(done_dir / active_key), wall0=time.time())
     print(f"{jobs} parallel job(s) of {threads} thread(s)", flush=True)
 
     curves = {"active": np.zeros((a.seeds, len(budgets))), "random": np.zeros((a.seeds, len(budgets)))}
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
                              initargs=(state, threads)) as ex:
-        pending = set()
-        for seed in range(a.seeds):
-            if Path(f"{state['prefix']}-seed{seed}-start.json").exists():
-                pending |= {ex.submit(chain, seed, strategy) for strategy in curves}
-            else:
-                pending.add(ex.submit(start, seed))
+        # a seed is ready when its start is saved, or both its chains are
+        ready = [all(Path(f"{state['prefix']}-seed{seed}-start.{ext}").exists() for ext in ("json", "pt"))
+                 or all(chain_file(state, seed, strategy).exists() for strategy in curves) for seed in range(a.seeds)]
+        # the starts first (the pool runs in order): their chains are the longest path
+        pending = {ex.submit(start, seed) for seed in range(a.seeds) if not ready[seed]}
+        pending |= {ex.submit(chain, seed, strategy) for seed in range(a.seeds) if ready[seed] for strategy in curves}
         try:
             while pending:
                 finished, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -277,9 +288,6 @@ def main() -> None:
         except BaseException:  # one job failed (or Ctrl-C): do not start the queued ones
             ex.shutdown(wait=False, cancel_futures=True)
             raise
-    for seed in range(a.seeds):
-        Path(f"{state['prefix']}-seed{seed}-start.pt").unlink(missing_ok=True)
-
     mean = {k: v.mean(0) for k, v in curves.items()}
     sd = {k: v.std(0) for k, v in curves.items()}
     print(f"\n{'labels':>7} | {'active mAP@0.5':>16} | {'random mAP@0.5':>16}")
