@@ -40,7 +40,7 @@ class DemoOptions:
     cluster_epochs: int = 20
     sorter_epochs: int = 8
     detector_epochs: int = 6
-    detector_size: int = 320  # a first model in minutes on a CPU; retrains use SAMX_DETECTOR_SIZE
+    detector_size: int = 320  # a first model in minutes on a CPU; the loop's retrains continue at it
     web_port: int = 5000
     ml_port: int = 9090
     label_studio: bool = True

@@ -57,7 +57,7 @@ from bench.cached_phantoms import cached_phantoms  # noqa: E402
 
 REGIONS = ["hand", "wrist", "knee", "foot", "pelvis", "spine"]  # lesions sit on long and flat bones
 RANKING_CODE = ("uncertainty.py", "active_learning.py")  # saved active chains are reused only with this ranking
-RANKING_SETTINGS = ("diversity", "ranking_code")  # what only the active chains depend on
+RANKING_SETTINGS = ("diversity", "pool_factor", "ranking_code")  # what only the active chains depend on
 MEANINGFUL_MAP = 0.05  # below this, "reaching random's mAP" is reaching noise
 
 
@@ -183,7 +183,7 @@ def chain(seed: int, strategy: str) -> dict:
             analysis = det.analyse([images[i] for i in rest])
             known = det.embed([images[i] for i in labelled])
             prio = priority_scores(analysis.uncertainty, analysis.embeddings, batch_size=a.step, labeled=known,
-                                   diversity=a.diversity)
+                                   diversity=a.diversity, pool_factor=a.pool_factor)
             new = [rest[i] for i in np.argsort(-prio, kind="stable")[: a.step]]
         labelled += new
         det = _train(sorted(labelled), seed, previous)
@@ -228,6 +228,8 @@ def main() -> None:
                     help="peak learning rate of the fine-tuning rounds (the first training's rate undoes what it learned)")
     ap.add_argument("--diversity", type=float, default=0.5,
                     help="weight of diversity against uncertainty in the ranking (the product's default)")
+    ap.add_argument("--pool-factor", type=int, default=5,
+                    help="the ranking's candidates: this many times --step most uncertain images (the product's default)")
     ap.add_argument("--lesion-rate", type=float, default=0.5, help="share of phantoms drawn with lesions")
     ap.add_argument("--two-classes", action="store_true", help="benign / malignant instead of one class 'lesion'")
     a = ap.parse_args()
