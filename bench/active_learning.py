@@ -32,7 +32,7 @@ lesions (test mAP@0.5 about 0.001); on tiles, the number of steps is what counts
 processes side by side (2 one-thread jobs there; 3 seeds took 55 to 80 minutes), and a GPU
 takes minutes. Each starting detector and each chain is saved as it finishes, and a rerun with
 the same settings resumes after them; the starts and the random chains are keyed without the
-ranking (its code and ``--diversity``), so trying another ranking reruns only the active chains
+ranking (its code, ``--diversity`` and ``--pool-factor``), so trying another ranking reruns only the active chains
 (the starting detectors, 55 MB each, stay in bench/out for that).
 """
 from __future__ import annotations
@@ -139,16 +139,21 @@ def _judge(det) -> float:
 def start(seed: int) -> dict:
     """A seed's random starting set and the detector trained on it from scratch, which both
     strategies continue from (saved next to the results)."""
-    a, prefix = _W["a"], _W["prefix"]
+    a = _W["a"]
     rng = np.random.default_rng(1000 + seed)
     labelled = sorted(rng.choice(len(_W["images"]), a.start, replace=False).tolist())
     det = _train(labelled, seed)
     m0 = _judge(det)
-    det.save(f"{prefix}-seed{seed}-start.pt")
-    Path(f"{prefix}-seed{seed}-start.json").write_text(json.dumps({"labelled": labelled, "map50": m0}))
+    det.save(start_file(_W, seed, "pt"))
+    start_file(_W, seed, "json").write_text(json.dumps({"labelled": labelled, "map50": m0}))
     print(f"seed {seed}: {a.start} labels, mAP@0.5 {m0:.3f} (both strategies start here)  "
           f"({(time.time() - _W['wall0']) / 60:.1f} min)", flush=True)
     return {"kind": "start", "seed": seed}
+
+
+def start_file(state: dict, seed: int, ext: str) -> Path:
+    """A seed's starting set and mAP (json) or detector (pt), keyed without the ranking."""
+    return Path(f"{state['prefix']}-seed{seed}-start.{ext}")
 
 
 def chain_file(state: dict, seed: int, strategy: str) -> Path:
@@ -163,14 +168,14 @@ def chain(seed: int, strategy: str) -> dict:
     from ml_backend.active_learning import priority_scores
     from ml_backend.detector import LesionDetector
 
-    a, start_prefix, images, boxes = _W["a"], _W["prefix"], _W["images"], _W["boxes"]
+    a, images, boxes = _W["a"], _W["images"], _W["boxes"]
     done = chain_file(_W, seed, strategy)
     if done.exists():
         curve = json.loads(done.read_text())["curve"]
         print(f"seed {seed} {strategy}: from {done.name}: {curve}", flush=True)
         return {"kind": "chain", "seed": seed, "strategy": strategy, "curve": curve}
-    begun = json.loads(Path(f"{start_prefix}-seed{seed}-start.json").read_text())
-    labelled, previous = list(begun["labelled"]), f"{start_prefix}-seed{seed}-start.pt"
+    begun = json.loads(start_file(_W, seed, "json").read_text())
+    labelled, previous = list(begun["labelled"]), str(start_file(_W, seed, "pt"))
     det = LesionDetector.load(previous) if strategy == "active" else None  # random picks without it
     curve = [begun["map50"]]
     pick_rng = np.random.default_rng(2000 + seed)
@@ -273,7 +278,7 @@ def main() -> None:
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
                              initargs=(state, threads)) as ex:
         # a seed is ready when its start is saved, or both its chains are
-        ready = [all(Path(f"{state['prefix']}-seed{seed}-start.{ext}").exists() for ext in ("json", "pt"))
+        ready = [all(start_file(state, seed, ext).exists() for ext in ("json", "pt"))
                  or all(chain_file(state, seed, strategy).exists() for strategy in curves) for seed in range(a.seeds)]
         # the starts first (the pool runs in order): their chains are the longest path
         pending = {ex.submit(start, seed) for seed in range(a.seeds) if not ready[seed]}
