@@ -14,26 +14,30 @@ round's detector fine-tunes the previous one on everything labelled (``--finetun
 round) and is judged on the test set (mAP@0.5, COCO 101-point, pycocotools). Same seeds, same
 budget, same training. Printed: mAP against labels for both (mean ± sd over seeds), a PNG plot,
 and how many labels active needs to reach random's final mAP (linear between rounds), as a
-share of random's.
+share of random's. The pool (400) is four times the final budget, as in an annotation project,
+where the labelled images are a small part of the dump: with a pool twice the budget (the
+earlier default) the last rounds have little left to choose from, whatever the ranking.
 
-    python bench/active_learning.py [--pool 200] [--test 80] [--start 20] [--step 20] [--rounds 4]
+    python bench/active_learning.py [--pool 400] [--test 80] [--start 20] [--step 20] [--rounds 4]
                                     [--seeds 3] [--steps 1200] [--finetune-steps 400]
                                     [--finetune-lr 3e-4] [--jobs N] ...
 
-The detector is the small-lesion one: ResNet-18-FPN trained on lesion-centred 96 px tiles of
-the 384 px inputs (ml_backend.tiles), AdamW, a fixed number of optimiser steps per training
-(epochs alone would starve the small labelled sets), 32 box-head samples per tile and 300 RPN
-proposals (torchvision's 512 and 2000 are sized for whole COCO images; with the smaller tile a
-CPU step is 2.5 times faster than 128 px tiles with 128 samples and 2000 proposals, and no
-worse in a 400-step probe). On whole images from scratch no configuration tried learned these
-lesions (test mAP@0.5 about 0.001); on tiles, the number of steps is what counts (60 labels:
-400 steps, test mAP 0.002; 1200 steps, 0.047). On 2 CPU cores a step of 8 tiles takes about
-0.4 s; the seeds' starting detectors and the strategies' chains of rounds run as ``--jobs``
-processes side by side (2 one-thread jobs there; 3 seeds took 55 to 80 minutes), and a GPU
-takes minutes. Each starting detector and each chain is saved as it finishes, and a rerun with
-the same settings resumes after them; the starts and the random chains are keyed without the
-ranking (its code, ``--diversity`` and ``--pool-factor``), so trying another ranking reruns only the active chains
-(the starting detectors, 55 MB each, stay in bench/out for that).
+The detector is the small-lesion one: ResNet-18-FPN trained on lesion-centred 96 px tiles of the
+384 px inputs (ml_backend.tiles), AdamW, a fixed number of optimiser steps per training (epochs
+alone would starve the small labelled sets), the normalised box head (``--box-head``: runs
+before it had the MLP head, which died from scratch; ml_backend.resnet18_fpn), 32 box-head
+samples per tile and 300 RPN proposals (torchvision's 512 and 2000 are sized for whole COCO
+images; with the smaller tile a CPU step is 2.5 times faster than 128 px tiles with 128 samples
+and 2000 proposals, and no worse in a 400-step probe). On whole images from scratch no
+configuration tried learned these lesions (test mAP@0.5 about 0.001); on tiles, the number of
+steps is what counts (60 labels, MLP head: 400 steps, test mAP 0.002; 1200 steps, 0.047). On 2
+CPU cores a step of 8 tiles takes about 0.4 s; the seeds' starting detectors and the strategies'
+chains of rounds run as ``--jobs`` processes side by side (2 one-thread jobs there; 3 seeds took
+55 to 80 minutes), and a GPU takes minutes. Each starting detector and each chain is saved as it
+finishes, and a rerun with the same settings resumes after them; the starts and the random
+chains are keyed without the ranking (its code, ``--diversity`` and ``--pool-factor``), so
+trying another ranking reruns only the active chains (the starting detectors, 55 MB each, stay
+in bench/out for that).
 """
 from __future__ import annotations
 
@@ -124,6 +128,7 @@ def _train(idx: list[int], seed: int, previous=None):
     per_epoch = math.ceil(len(idx) * (a.tiles_per_image if a.tile else 1) / a.batch_size)
     return LesionDetector(_W["classes"], arch=a.arch, size=a.size, tile=a.tile or None,
                           tiles_per_image=a.tiles_per_image, anchor_sizes=tuple(int(v) for v in a.anchors.split(",")),
+                          box_head=a.box_head,
                           optimizer=a.optimizer, lr=lr, batch_size=a.batch_size, rois_per_image=a.rois_per_image,
                           proposals=a.proposals, init_weights=init, epochs=max(1, round(steps / per_epoch)),
                           workers=a.workers, seed=seed).fit(
@@ -205,7 +210,7 @@ def chain(seed: int, strategy: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--pool", type=int, default=200)
+    ap.add_argument("--pool", type=int, default=400)
     ap.add_argument("--test", type=int, default=80)
     ap.add_argument("--start", type=int, default=20)
     ap.add_argument("--step", type=int, default=20)
@@ -220,6 +225,8 @@ def main() -> None:
     ap.add_argument("--tile", type=int, default=96, help="training tile in input pixels (0: whole images)")
     ap.add_argument("--tiles-per-image", type=int, default=8)
     ap.add_argument("--arch", default="resnet18_fpn")
+    ap.add_argument("--box-head", default="conv_gn", choices=["conv_gn", "mlp"],
+                    help="resnet18_fpn's box head; 'mlp' died from scratch (ml_backend.resnet18_fpn)")
     ap.add_argument("--anchors", default="8,16,32,64,128", help="anchor sizes, one per FPN level")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--rois-per-image", type=int, default=32, help="box-head samples per tile (a tile holds 1-2 lesions)")

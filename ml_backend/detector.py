@@ -33,7 +33,7 @@ from training import distributed
 from .augment import as_sample, detection_transform
 from .boxes import Detections, xywh_to_xyxy, xyxy_to_xywh
 from .preprocess import check_image, resize_long_side
-from .resnet18_fpn import fasterrcnn_resnet18_fpn
+from .resnet18_fpn import BOX_HEADS, fasterrcnn_resnet18_fpn
 from .schedule import one_cycle
 from .tiles import random_tile
 from .uncertainty import detection_uncertainty, mirror
@@ -56,6 +56,7 @@ class DetectorConfig:
     size: int | None = None  # long side the network sees, a multiple of 32 (None: 320 for *_320, else 512)
     # Lesions are small: torchvision's anchors (32..512) are too big for most of them.
     anchor_sizes: tuple[int, ...] = (16, 32, 64, 128, 256)
+    box_head: str = "mlp"  # resnet18_fpn's box head: "mlp" or "conv_gn" (for AdamW; ml_backend.resnet18_fpn)
     epochs: int = 20
     batch_size: int = 4
     tile: int | None = None  # train on tile x tile crops of the input (a multiple of 32, <= size); None: whole images
@@ -94,6 +95,8 @@ class DetectorConfig:
             raise ValueError(f"tile must be a multiple of 32 between 64 and size ({self.size}), not {self.tile}")
         if not 0.0 <= self.tile_focus <= 1.0 or self.tiles_per_image < 1:
             raise ValueError("tile_focus must be in [0, 1] and tiles_per_image at least 1")
+        if self.box_head not in BOX_HEADS:
+            raise ValueError(f"box_head must be one of {BOX_HEADS}, not {self.box_head!r}")
         if self.optimizer not in ("sgd", "adamw"):
             raise ValueError(f"optimizer must be 'sgd' or 'adamw', not {self.optimizer!r}")
         self.anchor_sizes, self.gamma = tuple(self.anchor_sizes), tuple(self.gamma)
@@ -125,6 +128,8 @@ class Analysis:
 def build_model(arch: str, num_classes: int, cfg: DetectorConfig) -> tvdet.FasterRCNN:
     extra = {} if cfg.proposals is None else {
         f"rpn_{when}_nms_top_n_{mode}": cfg.proposals for when in ("pre", "post") for mode in ("train", "test")}
+    if arch == "resnet18_fpn":
+        extra["box_head"] = cfg.box_head
     model = BUILDERS[arch](weights=None, weights_backbone=None, num_classes=num_classes,
                            min_size=cfg.size, max_size=cfg.size,  # images arrive at that size: no second resize
                            box_score_thresh=0.001, box_detections_per_img=cfg.detections_per_image,

@@ -196,6 +196,30 @@ def test_other_architectures(arch, dim):
         LesionDetector(CLASSES, arch=arch, size=64, epochs=0, anchor_sizes=(16, 32)).fit([img], [np.zeros((0, 4))], [[]])
 
 
+def test_resnet18_fpn_box_heads_save_and_load(tmp_path):
+    """The GroupNorm'd conv head (for AdamW, ml_backend.resnet18_fpn) is kept in the file's
+    config; files saved before the choice existed load with the MLP head they have."""
+    from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, TwoMLPHead
+
+    img = np.random.default_rng(0).random((90, 70), dtype=np.float32)
+    tiny = dict(arch="resnet18_fpn", size=64, epochs=0, bn_images=0)
+    for head, kind in (("conv_gn", FastRCNNConvFCHead), ("mlp", TwoMLPHead)):
+        det = LesionDetector(CLASSES, **tiny, box_head=head).fit([img], [np.zeros((0, 4))], [[]])
+        assert isinstance(det.model_.roi_heads.box_head, kind)
+        normed = any(isinstance(m, torch.nn.GroupNorm) for m in det.model_.roi_heads.box_head.modules())
+        assert normed == (head == "conv_gn")
+        state = det.state()
+        if head == "mlp":
+            del state["config"]["box_head"]  # as files saved before the field existed
+        torch.save(state, tmp_path / f"{head}.pt")
+        loaded = LesionDetector.load(tmp_path / f"{head}.pt")
+        assert isinstance(loaded.model_.roi_heads.box_head, kind) and loaded.config.box_head == head
+        (a,), (b,) = det.predict([img], score_threshold=0.0), loaded.predict([img], score_threshold=0.0)
+        assert np.allclose(a.boxes, b.boxes, atol=1e-3) and np.allclose(a.scores, b.scores, atol=1e-5)
+    with pytest.raises(ValueError, match="box_head"):
+        DetectorConfig(box_head="mlp3")
+
+
 def test_random_tile_cuts_boxes_and_keeps_labels():
     img = np.arange(200 * 300, dtype=np.float32).reshape(200, 300)
     boxes = np.array([[10, 20, 30, 40], [250, 150, 290, 190]], np.float32)
