@@ -15,7 +15,8 @@ overview, a cluster page, its JSON, its montage and four thumbnails, and name th
 every fifth round (a 409 conflict with another radiologist is the app working, not an error).
 Compared with one radiologist alone, before the load.
 
-An error is a transport failure, a 5xx, or any status other than the expected ones.
+An error is a transport failure, a 5xx, or any status other than the expected ones; the target
+is none, and a run with any exits non-zero after its RESULT line.
 
     python bench/load.py [--ml-minutes 5] [--web-minutes 3] [--clients 8] [--users 20]
 """
@@ -290,6 +291,8 @@ def main() -> None:
           f"ml_rps={served:.2f} ml_vs_bare={served / bare:.2f} "
           f"web_requests={len(w_all)} web_errors={len(web.errors)} web_conflicts={web.conflicts} "
           f"web_p50_ms={w50:.0f} web_p95_ms={w95:.0f} web_rps={web.rps:.0f} web_p95_vs_alone_p50={w95 / alone_p50:.1f}")
+    if ml.errors or web.errors:  # the target is zero: a run with errors fails (make bench stops there)
+        sys.exit(f"{len(ml.errors)} ML backend and {len(web.errors)} web app errors under load (listed above)")
 
 
 if __name__ == "__main__":

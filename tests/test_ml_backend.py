@@ -32,7 +32,7 @@ from backend.labelstudio.server import files_root
 from backend.ml_service import NO_MODEL, SamxBackend, credentials
 from backend.models import Annotation, Box, Image, Job, JobStatus, ModelVersion
 from imaging.phantoms import generate_phantoms
-from ml_backend.server import create_app
+from ml_backend.server import MAX_BODY, MAX_TASKS, create_app
 from tests.conftest import make_settings
 from tests.factories import ls_box_results, run_job
 
@@ -280,6 +280,16 @@ def test_bad_predict_requests_get_a_clear_4xx(client, body, status, words):
     r = client.post("/predict", data=body, content_type="text/plain") if isinstance(body, str) \
         else client.post("/predict", json=body)
     assert r.status_code == status and words in r.get_json()["error"], r.get_json()
+
+
+def test_oversized_requests_are_refused_whole(client):
+    """Too many tasks, or a body over the limit, is a 413 with its reason, before any work."""
+    tasks = [{"id": k, "data": {"samx_image_id": 999999}} for k in range(MAX_TASKS + 1)]
+    r = client.post("/predict", json={"tasks": tasks})
+    assert r.status_code == 413 and f"at most {MAX_TASKS}" in r.get_json()["error"]
+    r = client.post("/predict", data=b" " * (MAX_BODY + 1), content_type="application/json")
+    assert r.status_code == 413 and r.get_json()["error"]
+    assert client.post("/webhook", data=b" " * (MAX_BODY + 1), content_type="application/json").status_code == 413
 
 
 def test_a_20000_by_20000_image_is_refused_before_decoding(world, client):
