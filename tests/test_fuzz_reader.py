@@ -137,18 +137,21 @@ def test_read_radiograph_survives_10000_mutated_files():
     assert len(outcomes) >= 4  # several rejection codes, not one catch-all
 
 
+INGESTED = 10_000  # the floor, for the ingest path as for the reader alone
+
+
 @pytest.mark.slow
-def test_ingest_of_1500_mutated_files_records_each_once(sqlite_db, tmp_path: Path):
+def test_ingest_of_10000_mutated_files_records_each_once(sqlite_db, tmp_path: Path):
     db, rng = sqlite_db, random.Random(7)
     folder = tmp_path / "dump"
     folder.mkdir()
-    for n in range(1500):
+    for n in range(INGESTED):
         seed = SEEDS[n % len(SEEDS)]
-        (folder / f"f{n:04d}.bin").write_bytes(mutate(seed, random_ops(rng)) if n >= len(SEEDS) else seed)
+        (folder / f"f{n:05d}.bin").write_bytes(mutate(seed, random_ops(rng)) if n >= len(SEEDS) else seed)
     report = tmp_path / "report.json"
     summary = ingest_paths(db, [folder], report=report, workers=2)
     recs = json.loads(report.read_text())
-    assert len(recs) == 1500 and len({r["path"] for r in recs}) == 1500
+    assert len(recs) == INGESTED and len({r["path"] for r in recs}) == INGESTED
     assert summary.by_reason.get("internal_error", 0) == 0, summary.by_reason
     assert summary.by_status["imported"] > 100 and summary.by_status["rejected"] > 100
     for r in recs:
