@@ -58,6 +58,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 OUT = ROOT / "bench" / "out"
 from bench.cached_phantoms import cached_phantoms  # noqa: E402
+from ml_backend.resnet18_fpn import BOX_HEADS  # noqa: E402
 
 REGIONS = ["hand", "wrist", "knee", "foot", "pelvis", "spine"]  # lesions sit on long and flat bones
 RANKING_CODE = ("uncertainty.py", "active_learning.py")  # saved active chains are reused only with this ranking
@@ -225,7 +226,7 @@ def main() -> None:
     ap.add_argument("--tile", type=int, default=96, help="training tile in input pixels (0: whole images)")
     ap.add_argument("--tiles-per-image", type=int, default=8)
     ap.add_argument("--arch", default="resnet18_fpn")
-    ap.add_argument("--box-head", default="conv_gn", choices=["conv_gn", "mlp"],
+    ap.add_argument("--box-head", default="conv_gn", choices=BOX_HEADS,
                     help="resnet18_fpn's box head; 'mlp' died from scratch (ml_backend.resnet18_fpn)")
     ap.add_argument("--anchors", default="8,16,32,64,128", help="anchor sizes, one per FPN level")
     ap.add_argument("--batch-size", type=int, default=8)
