@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@touch $(STAMP)
 
-# The whole loop (backend/demo.py): phantoms (or `make demo SAMX_DATA=/path/to/radiographs`) ->
+# The whole loop (backend/demo/pipeline.py): phantoms (or `make demo SAMX_DATA=/path/to/radiographs`) ->
 # ingest -> DeepCluster -> simulated naming -> first sorter and detector -> worker, ML backend,
 # web app and Label Studio until Ctrl-C. A second run reuses everything.
 demo: $(STAMP) $(LS_STAMP)
@@ -37,7 +37,9 @@ $(LS_STAMP):
 	@rm -f $(LS_VENV)/.installed-*
 	@touch $(LS_STAMP)
 
+# lint-imports: the layer and no-cycle contracts in pyproject.toml ([tool.importlinter]).
 test: $(STAMP) chromium $(LS_STAMP)
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/python -m pytest -q -rs $(PYTEST_ARGS)
 
 # The browser tests drive Debian's headless chromium; install it once if it is missing.

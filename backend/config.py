@@ -68,6 +68,9 @@ class Settings:
     label_studio_password: str | None = None
     label_studio_token: str | None = None
     ml_backend_url: str | None = None  # e.g. http://127.0.0.1:9090 (the samx ML backend)
+    #: The ML backend's basic-auth account; default: generated once, DATA_DIR/ml-backend/credentials.json.
+    ml_backend_user: str | None = None
+    ml_backend_password: str | None = None
     #: Lesion classes boxed in Label Studio; empty: the active lesion labels of the vocabulary.
     lesion_classes: tuple[str, ...] = ()
     #: A web login ends after this many hours without a request (the signed cookie expires).
@@ -100,6 +103,8 @@ class Settings:
                    label_studio_password=env("SAMX_LABEL_STUDIO_PASSWORD"),
                    label_studio_token=env("SAMX_LABEL_STUDIO_TOKEN"),
                    ml_backend_url=env("SAMX_ML_BACKEND_URL"),
+                   ml_backend_user=env("SAMX_ML_BACKEND_USER"),
+                   ml_backend_password=env("SAMX_ML_BACKEND_PASSWORD"),
                    session_hours=_positive_hours(_number_env("SAMX_SESSION_HOURS", 12.0, float)),
                    lesion_classes=tuple(c.strip() for c in (env("SAMX_LESION_CLASSES") or "").split(",") if c.strip()))
 
@@ -129,6 +134,16 @@ class Settings:
     def labelstudio_dir(self) -> Path:
         """Label Studio's own data (its SQLite database, media) and samx's state about it."""
         return self.data_dir / "labelstudio"
+
+    @property
+    def labelstudio_files_dir(self) -> Path:
+        """``LOCAL_FILES_DOCUMENT_ROOT``: everything Label Studio may serve lies below this.
+
+        Deliberately not DATA_DIR itself: any Label Studio user can add a local-files storage
+        anywhere below the document root and read what is there, and DATA_DIR holds the
+        installation key, our database, logs (with source paths) and Label Studio's own
+        database (with its users' tokens)."""
+        return self.labelstudio_dir / "files"
 
     @property
     def queue_file(self) -> Path:

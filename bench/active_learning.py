@@ -7,7 +7,7 @@ in a real dump far fewer images have one). Boxes are one class, "lesion", unless
 detector most, and two subtle classes on a few dozen images only add noise to both curves.
 Each seed starts both strategies from the same random labelled set and the same detector
 trained on it from scratch (``--steps``). Every round ``--step`` more images are labelled: the
-top of ml_backend.active_learning's ranking (summed score entropy of the image and its mirror,
+top of ml_backend.models.active_learning's ranking (summed score entropy of the image and its mirror,
 diversity in the detector's embedding, away from what is labelled) or a random draw; the
 round's detector fine-tunes the previous one on everything labelled (``--finetune-steps`` at
 ``--finetune-lr``, as ``samx train detector --warm-start`` does; 0 steps: from scratch every
@@ -23,9 +23,9 @@ earlier default) the last rounds have little left to choose from, whatever the r
                                     [--finetune-lr 3e-4] [--jobs N] ...
 
 The detector is the small-lesion one: ResNet-18-FPN trained on lesion-centred 96 px tiles of the
-384 px inputs (ml_backend.tiles), AdamW, a fixed number of optimiser steps per training (epochs
+384 px inputs (ml_backend.models.tiles), AdamW, a fixed number of optimiser steps per training (epochs
 alone would starve the small labelled sets), the normalised box head (``--box-head``: runs
-before it had the MLP head, which died from scratch; ml_backend.resnet18_fpn), 32 box-head
+before it had the MLP head, which died from scratch; ml_backend.models.resnet18_fpn), 32 box-head
 samples per tile and 300 RPN proposals (torchvision's 512 and 2000 are sized for whole COCO
 images; with the smaller tile a CPU step is 2.5 times faster than 128 px tiles with 128 samples
 and 2000 proposals, and no worse in a 400-step probe). On whole images from scratch no
@@ -58,7 +58,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 OUT = ROOT / "bench" / "out"
 from bench.cached_phantoms import cached_phantoms  # noqa: E402
-from ml_backend.resnet18_fpn import BOX_HEADS  # noqa: E402
+from ml_backend.models.resnet18_fpn import BOX_HEADS  # noqa: E402
 
 REGIONS = ["hand", "wrist", "knee", "foot", "pelvis", "spine"]  # lesions sit on long and flat bones
 RANKING_CODE = ("uncertainty.py", "active_learning.py")  # saved active chains are reused only with this ranking
@@ -120,7 +120,7 @@ def _train(idx: list[int], seed: int, previous=None):
     """About ``--steps`` optimiser steps whatever the number of labels (epochs alone would starve
     the small sets); with ``previous`` (a saved detector), ``--finetune-steps`` at ``--finetune-lr``
     starting from its weights."""
-    from ml_backend.detector import LesionDetector
+    from ml_backend.models.detector import LesionDetector
 
     a, images, boxes, labels = _W["a"], _W["images"], _W["boxes"], _W["labels"]
     steps, lr, init = a.steps, a.lr, None
@@ -137,7 +137,7 @@ def _train(idx: list[int], seed: int, previous=None):
 
 
 def _judge(det) -> float:
-    from ml_backend.metrics import detection_map
+    from ml_backend.models.metrics import detection_map
 
     return float(detection_map(_W["gt"], det.predict(_W["t_images"], score_threshold=0.001), _W["classes"])["map50"])
 
@@ -171,8 +171,8 @@ def chain_file(state: dict, seed: int, strategy: str) -> Path:
 def chain(seed: int, strategy: str) -> dict:
     """``--rounds`` rounds of one strategy from the seed's start: pick ``--step`` images, train,
     judge. Saved when done; a rerun returns the saved curve."""
-    from ml_backend.active_learning import priority_scores
-    from ml_backend.detector import LesionDetector
+    from ml_backend.models.active_learning import priority_scores
+    from ml_backend.models.detector import LesionDetector
 
     a, images, boxes = _W["a"], _W["images"], _W["boxes"]
     done = chain_file(_W, seed, strategy)
@@ -227,7 +227,7 @@ def main() -> None:
     ap.add_argument("--tiles-per-image", type=int, default=8)
     ap.add_argument("--arch", default="resnet18_fpn")
     ap.add_argument("--box-head", default="conv_gn", choices=BOX_HEADS,
-                    help="resnet18_fpn's box head; 'mlp' died from scratch (ml_backend.resnet18_fpn)")
+                    help="resnet18_fpn's box head; 'mlp' died from scratch (ml_backend.models.resnet18_fpn)")
     ap.add_argument("--anchors", default="8,16,32,64,128", help="anchor sizes, one per FPN level")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--rois-per-image", type=int, default=32, help="box-head samples per tile (a tile holds 1-2 lesions)")
@@ -249,7 +249,7 @@ def main() -> None:
 
     import torch
 
-    from ml_backend.boxes import Detections
+    from ml_backend.models.boxes import Detections
 
     t0 = time.perf_counter()
     drawn = dict(fmt="png", size=a.size, lesion_rate=a.lesion_rate, regions=REGIONS)

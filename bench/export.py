@@ -72,8 +72,8 @@ def build_database(data_dir: Path, n_images: int, n_boxes: int, seed: int = SEED
     scattered over them (uniform image choice, so some images get none) and kept inside."""
     from sqlalchemy import insert, select, text
 
-    from backend.db import Database
-    from backend.models import Box, Image, Label
+    from backend.database.session import Database
+    from backend.database.schema import Box, Image, Label
 
     rng = np.random.default_rng(seed)
     db = Database(settings_for(data_dir))
@@ -111,7 +111,7 @@ def read_truth(data_dir: Path) -> tuple[dict[int, tuple[int, int, str | None]], 
     """image id -> (width, height, patient); image id -> [(box id, label, x, y, w, h)]."""
     from sqlalchemy import create_engine, select
 
-    from backend.models import Box, Image, Label
+    from backend.database.schema import Box, Image, Label
 
     engine = create_engine(settings_for(data_dir).database_url)
     with engine.connect() as c:
@@ -191,8 +191,9 @@ def peak_mb() -> float:
 
 
 def samx_export(spec: dict) -> dict:
-    import backend.export_job  # noqa: F401  # imported before the clock starts, as LS's converter is
-    from backend.db import Database
+    import backend.datasets.export  # noqa: F401  # imported before the clock starts, as LS's converter is
+    from backend.database.session import Database
+    import backend.cli.job_kinds  # noqa: F401  # registers the job handlers, as the samx command does
     from backend.jobs import enqueue, execute
 
     db = Database(settings_for(Path(spec["data_dir"])))

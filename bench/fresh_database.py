@@ -9,7 +9,7 @@ def fresh_database(data_dir: Path):
     """(Settings, Database) of an empty data directory (anything there before is removed):
     SQLite, the embedded queue, schema at head, the default vocabulary."""
     from backend.config import Settings
-    from backend.db import Database
+    from backend.database.session import Database
 
     shutil.rmtree(data_dir, ignore_errors=True)
     settings = Settings(data_dir=data_dir, database_url=f"sqlite:///{data_dir / 'samx.db'}", queue_url="sqlite")

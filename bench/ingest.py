@@ -74,8 +74,8 @@ def rss_mb(pid: int) -> float:
 def memory_profile(folder: Path, data_dir: Path) -> tuple[float, list[tuple[int, float]]]:
     """Ingest in this process, sampling its RSS (where growth per file would show)."""
     from backend.config import Settings
-    from backend.db import Database
-    from backend.ingest import ingest_paths
+    from backend.database.session import Database
+    from backend.images.ingest import ingest_paths
 
     settings = Settings(data_dir=data_dir, database_url=f"sqlite:///{data_dir / 'samx.db'}", queue_url="sqlite")
     db = Database(settings)

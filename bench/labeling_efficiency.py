@@ -2,7 +2,7 @@
 
 2,000 phantoms of 8 regions are ingested, clustered by the real `cluster` job (DeepCluster,
 K=50) and then named by a simulated radiologist through the same decision service the web page
-uses (backend/simulated_radiologist.py: it names pure clusters and merges them by region,
+uses (backend/demo/simulated_radiologist.py: it names pure clusters and merges them by region,
 splits mixed ones, discards what stays mixed).
 Also printed: the same labels named one cluster at a time (one decision per cluster, as SAM-X
 counted), k-means on the untrained network's features (the baseline), and at K = 8 regions.
@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 OUT = ROOT / "bench" / "out"
 from bench.cached_phantoms import cached_phantoms  # noqa: E402
 from bench.fresh_database import fresh_database  # noqa: E402
-from backend.simulated_radiologist import name_clusters  # noqa: E402
+from backend.demo.simulated_radiologist import name_clusters  # noqa: E402
 
 REGIONS = ["hand", "wrist", "knee", "foot", "pelvis", "chest", "spine", "skull"]
 
@@ -46,12 +46,13 @@ def main() -> None:
 
     from sqlalchemy import select
 
-    from backend.ingest import ingest_paths
+    from backend.images.ingest import ingest_paths
+    import backend.cli.job_kinds  # noqa: F401  # registers the job handlers, as the samx command does
     from backend.jobs import enqueue, execute
-    from backend.models import ClusterRun, Image, Label, ModelVersion, WeakLabel
-    from backend.run_artifacts import load_arrays
-    from backend.tensors import load_tensors
-    from backend.users import create_user
+    from backend.database.schema import ClusterRun, Image, Label, ModelVersion, WeakLabel
+    from backend.clusters.arrays import load_arrays
+    from backend.images.tensors import load_tensors
+    from backend.database.users import create_user
     from clustering.deepcluster import DeepCluster
     from clustering.stats import nmi, weighted_purity
 

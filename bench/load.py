@@ -117,13 +117,14 @@ def stop(proc) -> None:
 
 
 def prepare(data: Path):
+    import backend.cli.job_kinds  # noqa: F401  # registers the job handlers, as the samx command does
     from backend.jobs import enqueue, execute
-    from backend.ingest import ingest_paths
+    from backend.images.ingest import ingest_paths
     from backend.labelstudio.annotations import apply_event
-    from backend.labelstudio.results import prediction_result
-    from backend.models import Image
+    from ml_backend.results import prediction_result
+    from backend.database.schema import Image
     from imaging.phantoms import generate_phantoms
-    from ml_backend.boxes import Detections
+    from ml_backend.models.boxes import Detections
 
     truth = generate_phantoms(data / "ph", 32, seed=31, fmt="png", size=1024, lesion_rate=0.8,
                               regions=["knee", "hand", "chest", "foot"], workers=2)
@@ -148,14 +149,14 @@ def prepare(data: Path):
 
 
 def bare_forwards_per_second(settings, db, ids: list[int], seconds: float = 20.0) -> float:
-    from backend.detector_data import detector_inputs
-    from backend.detector_store import active_version, load_version
-    from backend.models import Image
+    from backend.images.tensors import load_inputs
+    from backend.detector.store import active_version, load_version
+    from backend.database.schema import Image
 
     with db.session() as s:
         dv = load_version(settings, active_version(s).version)
         items = [(s.get(Image, i).content_hash, s.get(Image, i).store_path) for i in ids]
-    inputs = detector_inputs(settings, items, dv.detector.config.size)  # what the server feeds it
+    inputs = load_inputs(settings, items, dv.detector.config.input_recipe)  # what the server feeds it
     dv.detector.predict([inputs[0]])  # warm-up
     n, t = 0, time.perf_counter()
     while time.perf_counter() - t < seconds:
@@ -167,7 +168,7 @@ def bare_forwards_per_second(settings, db, ids: list[int], seconds: float = 20.0
 def ml_phase(settings, ids: list[int], version: str, minutes: float, clients: int) -> tuple[Tally, float]:
     import httpx
 
-    from backend.ml_backend_auth import credentials
+    from ml_backend.auth import credentials
 
     user, password = credentials(settings)
     auth = {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
@@ -210,8 +211,8 @@ def web_phase(settings, db, run_id: int, minutes: float, users: int) -> tuple[Ta
     import httpx
     from sqlalchemy import select
 
-    from backend.models import Cluster, ClusterMembership, Label
-    from backend.users import create_user
+    from backend.database.schema import Cluster, ClusterMembership, Label
+    from backend.database.users import create_user
 
     with db.session() as s:
         clusters = {c: list(s.scalars(select(ClusterMembership.image_id).where(ClusterMembership.cluster_id == c)))

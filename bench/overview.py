@@ -32,8 +32,8 @@ def make_big_run(db, n_clusters: int = 1000, n_images: int = 100_000, *, seed: i
     bulk-inserted. Run arrays hold a 2-D map and 8-D embeddings. (The tests use it too.)"""
     from sqlalchemy import insert, select
 
-    from backend.models import Cluster, ClusterMembership, ClusterRun, Image
-    from backend.run_artifacts import RunArrays, save_arrays
+    from backend.database.schema import Cluster, ClusterMembership, ClusterRun, Image
+    from backend.clusters.arrays import RunArrays, save_arrays
 
     rng = np.random.default_rng(seed)
     assign = np.sort(rng.integers(0, n_clusters, n_images))
@@ -67,7 +67,7 @@ def name_every(db, run_id: int, every: int = 3) -> None:
     """Name every ``every``-th cluster with a region (cycling), as a run half-way through naming."""
     from sqlalchemy import bindparam, select, update
 
-    from backend.models import Cluster
+    from backend.database.schema import Cluster
     from backend.web.queries import region_labels
 
     with db.session() as s:
@@ -84,7 +84,7 @@ def naive_overview_cards(s, run_id: int, sort: str = "unnamed"):
     one per named cluster)."""
     from sqlalchemy import func, select
 
-    from backend.models import Cluster, ClusterMembership, Label
+    from backend.database.schema import Cluster, ClusterMembership, Label
     from backend.web.queries import HIDDEN, Card, sort_cards
 
     cards = []
@@ -123,8 +123,8 @@ def main() -> None:
     from sqlalchemy import event
 
     from backend.config import Settings
-    from backend.db import Database
-    from backend.users import create_user
+    from backend.database.session import Database
+    from backend.database.users import create_user
     from backend.web import create_app, queries
 
     data_dir = OUT / f"overview-{a.clusters}-{a.images}"

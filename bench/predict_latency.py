@@ -49,17 +49,19 @@ def main() -> None:
 
     import httpx
 
-    from backend.detector_data import detector_inputs
-    from backend.detector_store import active_version, load_version
-    from backend.ingest import ingest_paths
+    from backend.images.tensors import load_inputs
+    from ml_backend.models.detector import DetectorConfig
+    from backend.detector.store import active_version, load_version
+    from backend.images.ingest import ingest_paths
+    import backend.cli.job_kinds  # noqa: F401  # registers the job handlers, as the samx command does
     from backend.jobs import enqueue, execute
     from backend.labelstudio.annotations import apply_event
-    from backend.labelstudio.results import prediction_result
-    from backend.ml_backend_auth import credentials
-    from backend.models import Image
+    from ml_backend.results import prediction_result
+    from ml_backend.auth import credentials
+    from backend.database.schema import Image
     from imaging.phantoms import generate_phantoms
     from imaging.reader import read_radiograph
-    from ml_backend.boxes import Detections
+    from ml_backend.models.boxes import Detections
 
     data = OUT / "predict-latency"
     shutil.rmtree(data, ignore_errors=True)
@@ -98,7 +100,7 @@ def main() -> None:
         dv = load_version(settings, active_version(s).version)
         img = s.get(Image, target)
         item = (img.content_hash, img.store_path)
-    x = detector_inputs(settings, [item], a.size)[0]
+    x = load_inputs(settings, [item], DetectorConfig(size=a.size).input_recipe)[0]
     dv.detector.predict([x])  # warm-up, as the server's first request
 
     port = _free_port()

@@ -1,7 +1,7 @@
 """The SAM-X sorter, the whole path on phantoms: cluster -> simulated naming -> train -> sort.
 
 2,000 phantoms of 8 regions are ingested and clustered by the real `cluster` job, named by the
-simulated radiologist (backend/simulated_radiologist.py) and the sorter is trained on those weak
+simulated radiologist (backend/demo/simulated_radiologist.py) and the sorter is trained on those weak
 labels by the real `train_sorter` job (5-fold cross-validation, then the version itself, without
 the weak labels the out-of-fold predictions confidently contradict: how many of those were really
 wrong is printed). It is then judged on 400 held-out phantoms (another seed: other patients)
@@ -30,12 +30,13 @@ sys.path.insert(0, str(ROOT))
 OUT = ROOT / "bench" / "out"
 from bench.cached_phantoms import cached_phantoms  # noqa: E402
 from bench.fresh_database import fresh_database  # noqa: E402
-from backend.simulated_radiologist import name_clusters  # noqa: E402
+from backend.demo.simulated_radiologist import name_clusters  # noqa: E402
 
 REGIONS = ["hand", "wrist", "knee", "foot", "pelvis", "chest", "spine", "skull"]
 
 
 def run(db, kind: str, params: dict, t0: float):
+    import backend.cli.job_kinds  # noqa: F401  # registers the job handlers, as the samx command does
     from backend.jobs import enqueue, execute
 
     last = [""]
@@ -63,13 +64,13 @@ def main() -> None:
 
     from sqlalchemy import select
 
-    from backend.ingest import ingest_paths
-    from backend.models import Image, Label, WeakLabel
-    from backend.sort_folder import _files, _prepare, sort_folder
-    from backend.sorter_store import active_version, load_sorter, stored_embeddings, version_dir
-    from backend.users import create_user
+    from backend.images.ingest import ingest_paths
+    from backend.database.schema import Image, Label, WeakLabel
+    from backend.sorter.folder_sort import _files, _prepare, sort_folder
+    from backend.sorter.store import active_version, load_sorter, stored_embeddings, version_dir
+    from backend.database.users import create_user
     from clustering.similar import SimilarCases, majority_vote
-    from clustering.sorter_metrics import precision_at_k
+    from clustering.sorter.metrics import precision_at_k
 
     train_dir = cached_phantoms(f"phantoms-mixed-{a.n}", a.n, seed=11, fmt="mixed", regions=REGIONS)
     test_dir = cached_phantoms(f"phantoms-heldout-{a.test}", a.test, seed=977, fmt="mixed", regions=REGIONS)

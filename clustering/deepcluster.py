@@ -10,7 +10,6 @@ import io
 import logging
 import math
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -27,10 +26,10 @@ from clustering.network import Backbone
 from clustering.sampler import UniformClusterSampler
 from clustering.stats import weighted_purity
 from imaging.files import write_atomic
-from training import distributed
+from training import distributed, engine
+from training.engine import Progress, train_one_epoch
 
 log = logging.getLogger(__name__)
-Progress = Callable[[int, int, str], None]
 CHECKPOINT = "checkpoint.pt"
 
 
@@ -54,13 +53,10 @@ class DeepClusterConfig:
     device: str = "auto"  # this rank's GPU when there is one ("cpu", "cuda:1", ... to choose)
 
 
-@dataclass
-class EpochLog:
-    epoch: int
-    loss: float
+@dataclass(kw_only=True)
+class EpochLog(engine.EpochLog):
     nmi_prev: float | None  # NMI between this epoch's and the previous epoch's assignments
     kmeans_objective: float
-    seconds: float
     extra: dict = field(default_factory=dict)
 
 
@@ -131,7 +127,8 @@ class DeepCluster:
             if truth is not None:
                 extra["nmi_truth"] = float(normalized_mutual_info_score(truth, km.assignments))
                 extra["purity_truth"] = weighted_purity(km.assignments, truth)
-            history.append(EpochLog(epoch, loss, nmi_prev, km.objective, time.perf_counter() - t0, extra))
+            history.append(EpochLog(epoch=epoch, loss=loss, nmi_prev=nmi_prev, kmeans_objective=km.objective,
+                                    seconds=time.perf_counter() - t0, extra=extra))
             log.info("epoch %d: loss %.4f, NMI(t-1, t) %s, %.1fs %s", epoch, loss,
                      "-" if nmi_prev is None else f"{nmi_prev:.3f}", history[-1].seconds, extra or "")
             if ckpt:
@@ -181,23 +178,10 @@ class DeepCluster:
         model = distributed.wrap(nn.Sequential(backbone, head).to(dev), dev)
         sampler = UniformClusterSampler(pseudo, cfg.epoch_samples or len(images), seed=cfg.seed,
                                         rank=distributed.rank(), world=distributed.world_size())
-        sampler.set_epoch(epoch)
         loader = DataLoader(AugmentedImages(images, pseudo, transform), sampler=sampler,
                             batch_size=distributed.local_batch(cfg.batch_size), drop_last=len(images) > cfg.batch_size)
-        model.train()
-        total, count = 0.0, 0
-        for x, y in loader:
-            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-            loss = nn.functional.cross_entropy(model(x), y)
-            opt.zero_grad()
-            head_opt.zero_grad()
-            loss.backward()
-            opt.step()
-            head_opt.step()
-            total += loss.item() * len(y)
-            count += len(y)
-        total, count = distributed.total(total, count)
-        return total / max(count, 1)
+        return train_one_epoch(model, [opt, head_opt], loader, dev, epoch, step=_cross_entropy,
+                               check_finite=False).loss  # as it always has, a diverging run logs NaN losses
 
     # -- checkpoints ------------------------------------------------------------------------
     def _checkpoint(self, path: Path, epoch: int, backbone, opt, assignments, history, n: int) -> None:
@@ -243,3 +227,7 @@ class DeepCluster:
         model.centroids_ = state["centroids"]
         model.history_ = [EpochLog(**h) for h in state["history"]]
         return model
+
+
+def _cross_entropy(model: nn.Module, x: torch.Tensor, pseudo: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(model(x), pseudo)

@@ -1,7 +1,6 @@
-"""The 2-D map of a run (UMAP) and nearest neighbours in embedding space (faiss)."""
+"""The 2-D map of a run (UMAP)."""
 from __future__ import annotations
 
-import faiss
 import numpy as np
 
 
@@ -18,17 +17,3 @@ def umap_2d(embeddings: np.ndarray, *, seed: int = 0, n_neighbors: int = 15, min
     pts = reducer.fit_transform(np.asarray(embeddings, dtype=np.float32))
     lo, hi = pts.min(axis=0), pts.max(axis=0)
     return ((pts - lo) / np.maximum(hi - lo, 1e-12)).astype(np.float32)
-
-
-class NeighbourIndex:
-    """Cosine nearest neighbours over L2-normalised embeddings (inner product = cosine)."""
-
-    def __init__(self, embeddings: np.ndarray):
-        x = np.ascontiguousarray(embeddings, dtype=np.float32)
-        self.index = faiss.IndexFlatIP(x.shape[1])
-        self.index.add(x)
-
-    def search(self, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        """(similarities, row positions), each (n_queries, k), best first."""
-        q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
-        return self.index.search(q, min(k, self.index.ntotal))

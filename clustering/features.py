@@ -5,6 +5,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from training.embeddings import l2_normalize
 from sklearn.decomposition import PCA
 
 
@@ -21,10 +23,6 @@ def extract(model: torch.nn.Module, images: np.ndarray, batch_size: int = 128) -
         out.append(model(x.to(dev)).float().cpu().numpy())
     model.train(was_training)
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
-
-
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
 @dataclass

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
+from training.embeddings import FlatIndex
+
 
 @dataclass
 class KMeansResult:
@@ -53,7 +55,5 @@ def _reseed_empty(x: np.ndarray, assign: np.ndarray, dist: np.ndarray, centroids
 
 def predict(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Nearest centroid of each row: (assignments, squared distances)."""
-    index = faiss.IndexFlatL2(centroids.shape[1])
-    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
-    dist, assign = index.search(np.ascontiguousarray(x, dtype=np.float32), 1)
+    dist, assign = FlatIndex(centroids).search(x, 1)
     return assign[:, 0].astype(np.int64), dist[:, 0]

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-import faiss
 import numpy as np
+
+from training.embeddings import FlatIndex
 
 
 @dataclass
@@ -21,19 +22,17 @@ class SimilarCases:
     (a flat index answers 100,000 images in milliseconds; an IVF index pays off beyond that)."""
 
     def fit(self, embeddings: np.ndarray, labels, ids) -> "SimilarCases":
-        emb = np.ascontiguousarray(embeddings, dtype=np.float32)
-        self.index_ = faiss.IndexFlatIP(emb.shape[1])
-        self.index_.add(emb)
+        self.index_ = FlatIndex(embeddings, inner_product=True)
         self.labels_ = np.asarray(labels, dtype=object)
         self.ids_ = np.asarray(ids, dtype=np.int64)
         return self
 
     def kneighbors(self, queries: np.ndarray, k: int = 5, exclude_ids=None) -> Neighbours:
         """``exclude_ids`` (one per query, e.g. the query's own id): never returned as its own neighbour."""
-        q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        q = np.atleast_2d(queries)
         k = min(k, len(self.ids_))
         extra = 1 if exclude_ids is not None else 0
-        sim, pos = self.index_.search(q, min(k + extra, len(self.ids_)))
+        sim, pos = self.index_.search(q, k + extra)
         ids, labels, sims = [], [], []
         for row in range(len(q)):
             keep = [j for j in range(pos.shape[1]) if pos[row, j] >= 0

@@ -1,8 +1,9 @@
 """Cluster statistics a radiologist sorts by, and the scores the papers report."""
 from __future__ import annotations
 
-import faiss
 import numpy as np
+
+from training.embeddings import FlatIndex
 from sklearn.metrics import normalized_mutual_info_score
 from sklearn.metrics.cluster import contingency_matrix
 
@@ -28,9 +29,7 @@ def cluster_stats(embeddings: np.ndarray, assignments: np.ndarray, centroids: np
     d_own = np.sum((embeddings - centroids[assignments]) ** 2, axis=1)
     if k > 1:
         # Nearest OTHER centroid: search 2 and take whichever is not the own one.
-        index = faiss.IndexFlatL2(centroids.shape[1])
-        index.add(np.ascontiguousarray(centroids, dtype=np.float32))
-        dist, idx = index.search(np.ascontiguousarray(embeddings, dtype=np.float32), 2)
+        dist, idx = FlatIndex(centroids).search(embeddings, 2)
         d_other = np.where(idx[:, 0] == assignments, dist[:, 1], dist[:, 0])
         ratio = np.sqrt(d_own) / np.maximum(np.sqrt(d_other), 1e-12)
     else:

@@ -30,7 +30,6 @@ import datetime as dt
 import hashlib
 import hmac
 import re
-from collections.abc import Iterable
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement
@@ -379,62 +378,3 @@ def _code(value: str, meaning: str) -> Dataset:
     item.CodingSchemeDesignator = "DCM"
     item.CodeMeaning = meaning
     return item
-
-
-# --------------------------------------------------------------------------- leak detection
-
-
-def find_phi(blob: bytes | str, phi_strings: Iterable[str]) -> list[str]:
-    """Which of ``phi_strings`` occur in ``blob``, case-insensitively.
-
-    For bytes, each variant is searched as UTF-8, Latin-1 and UTF-16 (both byte orders and
-    alignments), which covers database files, DICOM files, logs and Windows-style text. DICOM
-    person names ('Doe^John') are also searched as their components of four characters or more
-    and as 'John Doe' / 'Doe John' / 'Doe, John'; YYYYMMDD dates also as YYYY-MM-DD, YYYY.MM.DD
-    and YYYY/MM/DD."""
-    if isinstance(blob, str):
-        haystack: str | bytes = blob.casefold()
-    else:
-        haystack = bytes(blob).lower()  # ASCII case folding; the needles get the same treatment
-    found: list[str] = []
-    for phi in phi_strings:
-        if phi in found:
-            continue
-        needles = _phi_needles(phi, text=isinstance(haystack, str))
-        if any(needle in haystack for needle in needles):
-            found.append(phi)
-    return found
-
-
-def _phi_variants(phi: str) -> set[str]:
-    phi = str(phi).strip()
-    if not phi:
-        return set()
-    variants = {phi}
-    if "^" in phi or "=" in phi:
-        for group in phi.split("="):
-            parts = [p.strip() for p in group.split("^") if p.strip()]
-            variants.update(p for p in parts if len(p) >= 4)
-            if len(parts) >= 2:
-                family, given = parts[0], parts[1]
-                variants.update({f"{given} {family}", f"{family} {given}", f"{family}, {given}"})
-                variants.add(" ".join(parts))
-    date = re.fullmatch(r"(\d{4})(\d{2})(\d{2})", phi)
-    if date:
-        variants.update(sep.join(date.groups()) for sep in "-./")
-    return variants
-
-
-def _phi_needles(phi: str, text: bool) -> set:
-    variants = _phi_variants(phi)
-    if text:
-        return {v.casefold() for v in variants}
-    needles: set[bytes] = set()
-    for variant in variants:
-        for form in {variant, variant.lower(), variant.upper()}:  # non-ASCII letters differ in bytes
-            for codec in ("utf-8", "latin-1", "utf-16-le", "utf-16-be"):
-                try:
-                    needles.add(form.encode(codec).lower())
-                except UnicodeEncodeError:
-                    continue
-    return needles

@@ -29,6 +29,8 @@ MAX_FILE_BYTES = 2 * 1024**3
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk: length 0, type, CRC
+_JPEG_END = b"\xff\xd9"  # EOI marker
 
 
 def sniff_format(head: bytes) -> str | None:
@@ -153,9 +155,9 @@ def _read_pil(data: bytes, fmt: str, max_pixels: int) -> Radiograph:
     except UnidentifiedImageError:
         raise ImageRejected("not_image", f"not a readable {fmt.upper()} file") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        msg = one_line(str(exc))
-        code = "truncated" if "truncated" in msg.lower() or "incomplete" in msg.lower() else "corrupt"
-        raise ImageRejected(code, f"{fmt.upper()} decoder: {msg}") from None
+        # PIL raises OSError for a short file and for bad data alike: the end marker says which.
+        code = "truncated" if _raster_ends_early(data, fmt) else "corrupt"
+        raise ImageRejected(code, f"{fmt.upper()} decoder: {one_line(str(exc))}") from None
 
     mode = img.mode
     converted = None
@@ -180,25 +182,45 @@ def _read_pil(data: bytes, fmt: str, max_pixels: int) -> Radiograph:
 def _read_tiff(data: bytes, max_pixels: int) -> Radiograph:
     import tifffile
 
+    data_end = None  # where the first page's strips/tiles end, once its IFD is read
     try:
         with tifffile.TiffFile(io.BytesIO(data)) as tif:
             page = tif.pages[0]
             shape = page.shape
             samples = shape[2] if len(shape) == 3 else 1
             _check_size(shape[0], shape[1], 1, samples, max_pixels)
+            data_end = _tiff_data_end(page)
             arr = page.asarray()
     except ImageRejected:
         raise
     except Exception as exc:
-        msg = one_line(str(exc))
-        code = "truncated" if "truncat" in msg.lower() or "eof" in msg.lower() else "corrupt"
-        raise ImageRejected(code, f"TIFF decoder: {msg}") from None
+        # tifffile and its codecs raise ValueError, zlib.error, TiffFileError ... for a short file
+        # and for bad data alike: whether the page's data lies inside the file says which.
+        code = "truncated" if data_end is not None and data_end > len(data) else "corrupt"
+        raise ImageRejected(code, f"TIFF decoder: {one_line(str(exc))}") from None
     arr, converted = _to_gray(arr)
     if arr.dtype.kind == "f":
         container = 0
     else:
         container = arr.dtype.itemsize * 8
     return _raster_radiograph(arr, "tiff", container, converted)
+
+
+def _raster_ends_early(data: bytes, fmt: str) -> bool:
+    """Whether a PNG/JPEG file lacks its end marker (PNG: the IEND chunk; JPEG: EOI, trailing
+    zero padding allowed), i.e. was cut short, rather than complete with bad data inside."""
+    if fmt == "png":
+        return _PNG_END not in data
+    return not data.rstrip(b"\x00").endswith(_JPEG_END)
+
+
+def _tiff_data_end(page) -> int | None:
+    """One past the last byte of the page's strips or tiles, by its IFD; None if unknown."""
+    try:
+        ends = [int(o) + int(c) for o, c in zip(page.dataoffsets, page.databytecounts)]
+    except Exception:  # an IFD too broken to say; the decoder's own error then stands
+        return None
+    return max(ends) if ends else None
 
 
 def _raster_radiograph(arr: np.ndarray, fmt: str, container: int, converted: str | None) -> Radiograph:
@@ -283,7 +305,7 @@ def _looks_like_dicom(ds) -> bool:
 
 
 def _decode_pixels(ds, frames: int) -> np.ndarray:
-    from pydicom.pixels import pixel_array
+    from pydicom.pixels import get_decoder, pixel_array
     from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
     ts = ds.file_meta.get("TransferSyntaxUID")
@@ -294,25 +316,66 @@ def _decode_pixels(ds, frames: int) -> np.ndarray:
         )
         ts = ds.file_meta.TransferSyntaxUID
     ts_name = getattr(ts, "name", str(ts)) if ts else "implicit (no file meta)"
+    if not ts:
+        raise ImageRejected("unsupported_transfer_syntax", "no (0002,0010) Transfer Syntax UID to decode by")
+    try:
+        decoder = get_decoder(ts)
+    except NotImplementedError:
+        raise ImageRejected("unsupported_transfer_syntax", f"no decoder exists for {ts_name}") from None
+    if not decoder.is_available:
+        missing = "; ".join(decoder.missing_dependencies)
+        raise ImageRejected("unsupported_transfer_syntax", f"no installed decoder for {ts_name} ({missing})")
+    if decoder.is_native:
+        shortfall = _native_shortfall(ds, frames)
+        if shortfall:
+            actual, expected = shortfall
+            raise ImageRejected(
+                "truncated", f"pixel data shorter than the header says: {actual:,} of {expected:,} bytes"
+            )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             arr = pixel_array(ds, index=0 if frames > 1 else None, raw=False)
-    except NotImplementedError as exc:
+    except NotImplementedError as exc:  # e.g. an element with an unknown VR met while decoding
         raise ImageRejected(
             "unsupported_transfer_syntax", f"no installed decoder for {ts_name}: {one_line(str(exc))}"
         ) from None
-    except (ValueError, RuntimeError, EOFError, AttributeError, KeyError, TypeError) as exc:
-        msg = one_line(str(exc))
-        low = msg.lower()
-        if "less than expected" in low or ("length" in low and ("expected" in low or "match" in low)):
-            raise ImageRejected("truncated", f"pixel data shorter than the header says: {msg}") from None
-        if "exceptions were raised by all available plugins" in low:
-            raise ImageRejected("decode_failed", f"the installed {ts_name} decoders failed: {msg}") from None
-        if "unable to decode" in low or "no pixel data handlers" in low or "plugin" in low:
-            raise ImageRejected("unsupported_transfer_syntax", f"{ts_name}: {msg}") from None
-        raise ImageRejected("corrupt", f"pixel data cannot be decoded ({ts_name}): {msg}") from None
+    except RuntimeError as exc:  # pydicom: every installed plugin for this syntax raised
+        raise ImageRejected(
+            "decode_failed", f"the installed {ts_name} decoders failed: {one_line(str(exc))}"
+        ) from None
+    except (ValueError, EOFError, AttributeError, KeyError, TypeError) as exc:
+        raise ImageRejected(
+            "corrupt", f"pixel data cannot be decoded ({ts_name}): {one_line(str(exc))}"
+        ) from None
     return np.asarray(arr)
+
+
+#: Bits Allocated values a native decoder accepts; others are the decoder's to reject.
+_NATIVE_BITS = (1, 8, 16, 32, 64)
+
+
+def _native_shortfall(ds, frames: int) -> tuple[int, int] | None:
+    """(actual, expected) byte counts when native (uncompressed) pixel data is shorter than
+    Rows x Columns x Samples per Pixel x Bits Allocated / 8 x frames (PS3.5 8.1.1), i.e. the file
+    was cut inside its pixel data; None when it is long enough or the header is too broken to
+    say (the decoder then rejects it with its own error)."""
+    keyword = next((k for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData") if k in ds), None)
+    if keyword is None:
+        return None
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        samples, bits = int(ds.SamplesPerPixel), int(ds.BitsAllocated)
+        photometric = str(ds.PhotometricInterpretation).strip().upper()
+        actual = len(ds[keyword].value or b"")
+    except Exception:  # missing or unreadable values
+        return None
+    if rows <= 0 or cols <= 0 or frames < 1 or samples not in (1, 3) or bits not in _NATIVE_BITS:
+        return None
+    expected = -(-rows * cols * samples * frames * bits // 8)  # 1-bit data is packed, not padded
+    if photometric == "YBR_FULL_422":  # two luminance samples share one chroma pair (PS3.3 C.7.6.3.1.2)
+        expected = expected // 3 * 2
+    return (actual, expected) if actual < expected else None
 
 
 def _colour_to_gray(arr: np.ndarray, ds, photometric: str) -> np.ndarray:

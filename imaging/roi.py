@@ -1,14 +1,13 @@
 """Where the body part is: a boolean mask that tells the histogram which pixels matter.
 
 An ROI masker is any callable ``(img float32 [0, 1], 2-D) -> bool array of the same shape``
-that never returns an empty mask. ``ClassicRoi`` works everywhere without weights;
-``AttentionRoi`` is the DINO-attention method of Zimbalist et al. and needs user weights.
+that never returns an empty mask. ``ClassicRoi`` is the one this project has; it works
+everywhere without weights.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 import cv2
@@ -16,6 +15,8 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.stats import theilslopes
 from skimage.filters import threshold_otsu
+
+from imaging.resize import resize_long_side
 
 
 class RoiMasker(Protocol):
@@ -40,15 +41,6 @@ FLAT_RANGE = 1.0 / 65536
 def is_flat(values: np.ndarray) -> bool:
     """One grey level (up to float rounding): nothing to threshold or equalise."""
     return values.size == 0 or float(np.ptp(values)) < FLAT_RANGE
-
-
-def _downsample(img: np.ndarray, long_side: int) -> np.ndarray:
-    h, w = img.shape
-    scale = long_side / max(h, w)
-    if scale >= 1:
-        return img
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return cv2.resize(img, size, interpolation=cv2.INTER_AREA)
 
 
 def _upsample_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -178,7 +170,8 @@ class ClassicRoi:
 
     def __call__(self, img: np.ndarray) -> np.ndarray:
         img = check_image(img)
-        small = _downsample(img, self.work_size)
+        # Shrunk to the working size, never enlarged.
+        small = img if max(img.shape) <= self.work_size else resize_long_side(img, self.work_size)
         smooth = self._smooth(small)
         border = self.borders(small, smooth)
         body = self._threshold(smooth, border)
@@ -275,61 +268,8 @@ class ClassicRoi:
         return (smooth > threshold_otsu(rest.astype(np.float64))) & ~border
 
 
-class AttentionRoi:
-    """Zimbalist et al.'s ROI: DINO ViT-S/8 last-block CLS attention, top 30 % of patches.
-
-    Weights must be supplied (e.g. facebookresearch/dino ``dino_deitsmall8_pretrain.pth``);
-    they are loaded once here so that a wrong file fails at construction, not per image.
-    """
-
-    def __init__(
-        self,
-        weights_path: str | Path,
-        percentile: float = 70,
-        patch_size: int = 8,
-        image_size: int = 224,
-        close_radius: int = 1,
-        open_radius: int = 1,
-    ):
-        # Imported here: torch takes seconds to load and ClassicRoi users never need it.
-        from imaging.vit_attention import load_vit
-
-        if image_size % patch_size:
-            raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
-        self.percentile = percentile
-        self.image_size = image_size
-        self.close_radius = close_radius
-        self.open_radius = open_radius
-        self.model = load_vit(weights_path, image_size=image_size, patch_size=patch_size)
-
-    def attention(self, img: np.ndarray) -> np.ndarray:
-        """Head-averaged CLS attention over the patch grid, float32 (grid, grid)."""
-        from imaging.vit_attention import cls_attention, to_model_input
-
-        x = to_model_input(check_image(img), self.image_size)
-        return cls_attention(self.model, x)[0].mean(0).numpy().astype(np.float32)
-
-    def patch_mask(self, img: np.ndarray) -> np.ndarray:
-        """Patches at or above the attention percentile, before any cleaning."""
-        att = self.attention(img)
-        return att >= np.percentile(att, self.percentile)
-
-    def __call__(self, img: np.ndarray) -> np.ndarray:
-        img = check_image(img)
-        raw = self.patch_mask(img)
-        mask = _morph(raw, cv2.MORPH_CLOSE, self.close_radius)
-        mask = largest_component(_morph(mask, cv2.MORPH_OPEN, self.open_radius))
-        if not mask.any():  # scattered attention: opening erased it all, keep the raw patches
-            mask = largest_component(raw)
-        # The model saw a square resize of the image, so a plain resize maps the grid back.
-        return _upsample_mask(mask, img.shape)
-
-
 def make_roi(spec: str | None = None) -> RoiMasker:
-    """``None``/``"classic"`` -> ClassicRoi; ``"attention:/path/to/weights.pth"`` -> AttentionRoi."""
+    """``None``/``"classic"`` -> ClassicRoi, the only ROI method; anything else is a ValueError."""
     if spec is None or spec == "classic":
         return ClassicRoi()
-    kind, sep, arg = spec.partition(":")
-    if kind == "attention" and sep and arg:
-        return AttentionRoi(arg)
-    raise ValueError(f"unknown ROI spec {spec!r}: use 'classic' or 'attention:/path/to/weights.pth'")
+    raise ValueError(f"unknown ROI spec {spec!r}: the only ROI method is 'classic'")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -16,23 +17,13 @@ import numpy as np
 from imaging.body_crop import body_crop
 from imaging.enhance import ENHANCERS, enhance
 from imaging.files import write_atomic
-from imaging.thumbnails import resize_long_side
+from imaging.resize import letterbox, resize_long_side
 
 _KEY = re.compile(r"[0-9a-f]{2,128}")
 # Part of every cache folder's name; raise it whenever the preparation (ROI, crop, enhancement)
 # changes, or tensors made by the old code would be mixed with new ones. 2: ClassicRoi's
 # background test.
 PREPARATION_VERSION = 2
-
-
-def letterbox(img: np.ndarray, size: int) -> np.ndarray:
-    """Long side = ``size``, aspect kept, centred on a zero (black) square."""
-    small = resize_long_side(img.astype(np.float32, copy=False), size)
-    out = np.zeros((size, size), dtype=np.float32)
-    h, w = small.shape
-    top, left = (size - h) // 2, (size - w) // 2
-    out[top : top + h, left : left + w] = small
-    return out
 
 
 def prepare_tensor(img: np.ndarray, size: int, method: str = "fhe", crop_to_body: bool = True,
@@ -45,23 +36,44 @@ def prepare_tensor(img: np.ndarray, size: int, method: str = "fhe", crop_to_body
     return letterbox(prepared, size).astype(np.float16)
 
 
+@dataclass(frozen=True)
+class InputRecipe:
+    """How a stored radiograph becomes a network's input. A model keeps its recipe with its
+    weights and serving reads it back from there, so training and serving cannot drift apart.
+
+    ``crop_to_body``: the body part alone (imaging.body_crop; clustering and the sorter);
+    ``square=False``: the whole image, long side ``size``, aspect kept (the detector: boxes
+    scale by one factor per axis)."""
+
+    size: int = 256
+    method: str = "fhe"
+    crop_to_body: bool = True
+    square: bool = True
+
+    def __post_init__(self) -> None:
+        if self.method not in ENHANCERS:
+            raise ValueError(f"unknown enhancement {self.method!r}; choose from {sorted(ENHANCERS)}")
+
+    def prepare(self, img: np.ndarray) -> np.ndarray:
+        return prepare_tensor(img, self.size, self.method, self.crop_to_body, self.square)
+
+    @property
+    def name(self) -> str:
+        """``<method>[_body]_<size>[_fit]``: a cache folder's name, and a key for in-memory caches."""
+        name = f"{self.method}_body_{self.size}" if self.crop_to_body else f"{self.method}_{self.size}"
+        return name if self.square else name + "_fit"
+
+
 class TensorCache:
-    """``root/<method>[_body]_<size>[_fit]_v<PREPARATION_VERSION>/<key[:2]>/<key>.npy``, read
-    back memory-mapped."""
+    """``root/<recipe name>_v<PREPARATION_VERSION>/<key[:2]>/<key>.npy``, read back memory-mapped."""
 
     def __init__(self, root: str | Path, size: int = 256, method: str = "fhe", crop_to_body: bool = False,
-                 square: bool = True):
-        """``crop_to_body``: the input the clustering and sorting networks see (imaging.body_crop);
-        ``square=False``: whole images, long side ``size`` (the detector's input)."""
-        if method not in ENHANCERS:
-            raise ValueError(f"unknown enhancement {method!r}; choose from {sorted(ENHANCERS)}")
+                 square: bool = True, *, recipe: InputRecipe | None = None):
+        self.recipe = recipe or InputRecipe(size, method, crop_to_body, square)
         self.root = Path(root)
-        self.size = size
-        self.method = method
-        self.crop_to_body = crop_to_body
-        self.square = square
-        name = f"{method}_body_{size}" if crop_to_body else f"{method}_{size}"
-        self.dir = self.root / f"{name if square else name + '_fit'}_v{PREPARATION_VERSION}"
+        self.size, self.method = self.recipe.size, self.recipe.method
+        self.crop_to_body, self.square = self.recipe.crop_to_body, self.recipe.square
+        self.dir = self.root / f"{self.recipe.name}_v{PREPARATION_VERSION}"
 
     def path(self, key: str) -> Path:
         if not _KEY.fullmatch(key):  # keys become file names: no separators, no surprises
@@ -79,7 +91,7 @@ class TensorCache:
                 return np.load(path, mmap_mode="r")
             except (ValueError, OSError):
                 pass  # unreadable entry (e.g. disk trouble): recompute and overwrite it
-        tensor = prepare_tensor(load(), self.size, self.method, self.crop_to_body, self.square)
+        tensor = self.recipe.prepare(load())
         buf = io.BytesIO()
         np.save(buf, tensor, allow_pickle=False)
         write_atomic(path, buf.getvalue())

@@ -5,22 +5,14 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import cv2
 import numpy as np
 from PIL import Image
 
 from imaging.enhance import enhance
 from imaging.files import write_atomic
+from imaging.resize import resize_long_side
 
 FORMATS = {"webp": "WEBP", "png": "PNG"}
-
-
-def resize_long_side(img: np.ndarray, size: int) -> np.ndarray:
-    """Resize so the long side is ``size``, aspect kept (area interpolation: no aliasing)."""
-    h, w = img.shape[:2]
-    scale = size / max(h, w)
-    new = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return cv2.resize(img, new, interpolation=cv2.INTER_AREA)
 
 
 def thumbnail(img: np.ndarray, size: int = 256, method: str = "fhe") -> np.ndarray:

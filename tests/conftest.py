@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+import backend.cli.job_kinds  # noqa: F401  # as the entry points do: registers the job handlers
 from backend.config import Settings
-from backend.db import Database
+from backend.database.session import Database
 
 PG_ADMIN_URL = os.environ.get("SAMX_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("SAMX_TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
@@ -124,7 +125,7 @@ def cluster_world(db):
     account per role (password ``tests.factories.TEST_PASSWORD``), on SQLite and PostgreSQL."""
     from sqlalchemy import select
 
-    from backend.models import Cluster, Label
+    from backend.database.schema import Cluster, Label
     from tests.factories import make_cluster_run, make_user
 
     run_id = make_cluster_run(db, sizes=[12, 5, 4], regions=["knee", "hand", "chest"], uncertainty=[0.2, 0.9, 0.5])

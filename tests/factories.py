@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import io
+import re
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -99,7 +101,7 @@ TEST_PASSWORD = "correct-horse-battery"
 
 def make_user(db, username: str, role: str = "radiologist"):
     """An account with :data:`TEST_PASSWORD`."""
-    from backend.users import create_user
+    from backend.database.users import create_user
 
     return create_user(db, username, TEST_PASSWORD, role)
 
@@ -114,9 +116,9 @@ def make_cluster_run(db, sizes=(6, 5, 4), regions=None, *, seed: int = 0, px: in
     import hashlib
     import uuid
 
-    from backend.image_store import thumbnail_relpath, write_pixels
-    from backend.models import Cluster, ClusterMembership, ClusterRun, Image, ImageStatus
-    from backend.run_artifacts import RunArrays, save_arrays
+    from backend.images.store import thumbnail_relpath, write_pixels
+    from backend.database.schema import Cluster, ClusterMembership, ClusterRun, Image, ImageStatus
+    from backend.clusters.arrays import RunArrays, save_arrays
     from imaging.phantoms import REGIONS, render_phantom
     from imaging.thumbnails import write_thumbnail
 
@@ -199,8 +201,8 @@ def make_export_world(db, phantoms: Path, *, workers: int = 1) -> dict:
 
     from sqlalchemy import select
 
-    from backend.ingest import ingest_paths
-    from backend.models import Box, Image, Label, LabelSource, ModelVersion, WeakLabel
+    from backend.images.ingest import ingest_paths
+    from backend.database.schema import Box, Image, Label, LabelSource, ModelVersion, WeakLabel
 
     truth = json.loads((Path(phantoms) / "truth.json").read_text())
     summary = ingest_paths(db, [Path(phantoms) / "images"], workers=workers)
@@ -262,8 +264,8 @@ def make_sorter_world(db, sizes=(12, 10, 10), regions=("knee", "hand", "chest"),
     "user", "job" (the finished Job), "model_version" (id or None)}."""
     from sqlalchemy import select
 
-    from backend.decisions import decide
-    from backend.models import Cluster, ClusterMembership, Label
+    from backend.clusters.decisions import decide
+    from backend.database.schema import Cluster, ClusterMembership, Label
 
     run_id = make_cluster_run(db, sizes=sizes, regions=regions)
     user = make_user(db, "rad", "radiologist")
@@ -283,7 +285,7 @@ def ls_box_results(boxes, width: int, height: int, abnormal: bool | None = None,
                    region: str | None = None) -> list[dict]:
     """A Label Studio annotation's ``result``: (label, (x0, y0, x1, y1) pixels) boxes in percent
     of the image, and optionally the normal/abnormal and body-region choices."""
-    from backend.labelstudio.config import (ABNORMAL, ABNORMAL_FROM_NAME, IMAGE_TO_NAME, LESION_FROM_NAME, NORMAL,
+    from ml_backend.labeling_config import (ABNORMAL, ABNORMAL_FROM_NAME, IMAGE_TO_NAME, LESION_FROM_NAME, NORMAL,
                                             REGION_FROM_NAME)
 
     result = [{"id": f"r{k}", "from_name": LESION_FROM_NAME, "to_name": IMAGE_TO_NAME, "type": "rectanglelabels",
@@ -298,3 +300,62 @@ def ls_box_results(boxes, width: int, height: int, abnormal: bool | None = None,
         result.append({"id": "r", "from_name": REGION_FROM_NAME, "to_name": IMAGE_TO_NAME, "type": "choices",
                        "value": {"choices": [region]}})
     return result
+
+
+# --------------------------------------------------------------------------- PHI leak detection
+
+
+def find_phi(blob: bytes | str, phi_strings: Iterable[str]) -> list[str]:
+    """Which of ``phi_strings`` occur in ``blob``, case-insensitively.
+
+    For bytes, each variant is searched as UTF-8, Latin-1 and UTF-16 (both byte orders and
+    alignments), which covers database files, DICOM files, logs and Windows-style text. DICOM
+    person names ('Doe^John') are also searched as their components of four characters or more
+    and as 'John Doe' / 'Doe John' / 'Doe, John'; YYYYMMDD dates also as YYYY-MM-DD, YYYY.MM.DD
+    and YYYY/MM/DD."""
+    if isinstance(blob, str):
+        haystack: str | bytes = blob.casefold()
+    else:
+        haystack = bytes(blob).lower()  # ASCII case folding; the needles get the same treatment
+    found: list[str] = []
+    for phi in phi_strings:
+        if phi in found:
+            continue
+        needles = _phi_needles(phi, text=isinstance(haystack, str))
+        if any(needle in haystack for needle in needles):
+            found.append(phi)
+    return found
+
+
+def _phi_variants(phi: str) -> set[str]:
+    phi = str(phi).strip()
+    if not phi:
+        return set()
+    variants = {phi}
+    if "^" in phi or "=" in phi:
+        for group in phi.split("="):
+            parts = [p.strip() for p in group.split("^") if p.strip()]
+            variants.update(p for p in parts if len(p) >= 4)
+            if len(parts) >= 2:
+                family, given = parts[0], parts[1]
+                variants.update({f"{given} {family}", f"{family} {given}", f"{family}, {given}"})
+                variants.add(" ".join(parts))
+    date = re.fullmatch(r"(\d{4})(\d{2})(\d{2})", phi)
+    if date:
+        variants.update(sep.join(date.groups()) for sep in "-./")
+    return variants
+
+
+def _phi_needles(phi: str, text: bool) -> set:
+    variants = _phi_variants(phi)
+    if text:
+        return {v.casefold() for v in variants}
+    needles: set[bytes] = set()
+    for variant in variants:
+        for form in {variant, variant.lower(), variant.upper()}:  # non-ASCII letters differ in bytes
+            for codec in ("utf-8", "latin-1", "utf-16-le", "utf-16-be"):
+                try:
+                    needles.add(form.encode(codec).lower())
+                except UnicodeEncodeError:
+                    continue
+    return needles

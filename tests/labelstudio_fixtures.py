@@ -9,9 +9,9 @@ import socket
 
 import pytest
 
-from backend.db import Database
-from backend.ingest import ingest_paths
-from backend.labelstudio import server
+from backend.database.session import Database
+from backend.images.ingest import ingest_paths
+from backend.labelstudio import process as server
 from imaging.phantoms import generate_phantoms
 from tests.conftest import make_settings, missing
 
@@ -75,15 +75,15 @@ def ml_backend(label_studio, ls_db):
 
     from werkzeug.serving import make_server
 
-    from backend.ml_backend_auth import credentials
-    from backend.ml_service import SamxBackend
+    from ml_backend.auth import credentials
+    from backend.detector.serving import ml_backend
     from ml_backend.server import create_app
 
     settings, _ = label_studio
     # the loop as a test can afford it: retrain after 4 annotations, a small detector
     db = Database(dataclasses.replace(settings, detector_retrain_after=4, detector_epochs=8, detector_size=128,
                                       detector_min_score=0.0))  # a tiny detector's boxes score low: show them all
-    backend = SamxBackend(db.settings, db).start(watch_every=0.5)
+    backend = ml_backend(db.settings, db).start(watch_every=0.5)
     httpd = make_server("127.0.0.1", free_port(), create_app(backend, basic_auth=credentials(settings)), threaded=True)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()

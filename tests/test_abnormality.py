@@ -1,12 +1,12 @@
-"""ml_backend.abnormality: a tiny normal / abnormal classifier that learns, and survives a save."""
+"""ml_backend.models.abnormality: a tiny normal / abnormal classifier that learns, and survives a save."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from ml_backend.abnormality import AbnormalityClassifier
-from ml_backend.metrics import auroc_ci
+from ml_backend.models.abnormality import AbnormalityClassifier
+from ml_backend.models.metrics import auroc_ci
 
 
 def images(n: int, seed: int = 0):

@@ -1,12 +1,12 @@
-"""ml_backend.active_learning and ml_backend.uncertainty: uncertain and diverse, deterministic."""
+"""ml_backend.models.active_learning and ml_backend.models.uncertainty: uncertain and diverse, deterministic."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from ml_backend.active_learning import priority_scores, rank
-from ml_backend.boxes import Detections
-from ml_backend.uncertainty import detection_uncertainty, entropy_sum, mirror
+from ml_backend.models.active_learning import priority_scores, rank
+from ml_backend.models.boxes import Detections
+from ml_backend.models.uncertainty import detection_uncertainty, entropy_sum, mirror
 
 
 def groups(n_groups=10, per_group=8, dim=32, seed=0):

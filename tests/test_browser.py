@@ -9,7 +9,7 @@ import threading
 import pytest
 from sqlalchemy import func, select
 
-from backend.models import Cluster, ClusterDecision, ClusterMembership, LabelSource, WeakLabel
+from backend.database.schema import Cluster, ClusterDecision, ClusterMembership, LabelSource, WeakLabel
 from backend.web import create_app
 from tests.browser_fixtures import ARTIFACTS, wait
 from tests.factories import TEST_PASSWORD

@@ -15,11 +15,11 @@ from click.testing import CliRunner
 from sqlalchemy import func, select
 
 from backend.cli import main
-from backend.db import Database
-from backend.ingest import ingest_paths
+from backend.database.session import Database
+from backend.images.ingest import ingest_paths
 from backend.jobs import enqueue, execute, reap_stale, retry
-from backend.models import Cluster, ClusterMembership, ClusterRun, Image, Job, JobStatus, ModelVersion
-from backend.run_artifacts import load_arrays, run_dir
+from backend.database.schema import Cluster, ClusterMembership, ClusterRun, Image, Job, JobStatus, ModelVersion
+from backend.clusters.arrays import load_arrays, run_dir
 from imaging.phantoms import generate_phantoms
 
 
@@ -141,6 +141,6 @@ def test_killed_clustering_resumes_from_its_checkpoint(sqlite_db: Database, phan
 
 
 def test_default_k_is_about_40_images_a_cluster():
-    from backend.cluster_job import default_k
+    from backend.clusters.job import default_k
 
     assert [default_k(n) for n in (3, 240, 2000, 42_608, 10**6)] == [3, 10, 50, 1000, 1000]

@@ -7,9 +7,10 @@ import torch
 from scipy.stats import chisquare
 
 from clustering.augment import BurnInPatch, training_transform
-from clustering.deepcluster import CHECKPOINT, DeepCluster, DeepClusterConfig
-from clustering.embedding_map import NeighbourIndex, umap_2d
-from clustering.features import Whitening, l2_normalize
+from clustering.deepcluster import DeepCluster, DeepClusterConfig
+from clustering.embedding_map import umap_2d
+from clustering.features import Whitening
+from training.embeddings import FlatIndex, l2_normalize
 from clustering.kmeans import kmeans, predict
 from clustering.network import Backbone
 from clustering.sampler import UniformClusterSampler
@@ -123,7 +124,7 @@ def test_umap_map_and_neighbours():
     m = umap_2d(x, seed=0)
     assert m.shape == (90, 2) and m.min() >= 0 and m.max() <= 1
     assert umap_2d(x[:2]).shape == (2, 2)
-    sims, rows = NeighbourIndex(x).search(x[:3], k=5)
+    sims, rows = FlatIndex(x, inner_product=True).search(x[:3], k=5)  # cosine on L2-normalised rows
     assert list(rows[:, 0]) == [0, 1, 2] and np.all(y[rows] == y[:3, None])
 
 

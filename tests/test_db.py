@@ -10,10 +10,10 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
 
-from backend.db import DEFAULT_LESIONS, DEFAULT_REGIONS, alembic_config
-from backend.models import (Base, Cluster, ClusterRun, Image, ImageStatus, Label, LabelSource, User, WeakLabel,
+from backend.database.session import DEFAULT_LESIONS, DEFAULT_REGIONS, alembic_config
+from backend.database.schema import (Base, Cluster, ClusterRun, Image, ImageStatus, Label, LabelSource, User, WeakLabel,
                             utcnow)
-from backend.users import authenticate, create_user
+from backend.database.users import authenticate, create_user
 
 
 def test_migrations_build_exactly_the_models_schema(db):

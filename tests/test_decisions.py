@@ -7,12 +7,13 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm.exc import StaleDataError
 
-from backend import decisions
-from backend.decisions import Conflict, DecisionError, Forbidden, NotFound, decide
-from backend.models import (
+from backend.clusters import decisions
+from backend.clusters.decisions import Conflict, DecisionError, Forbidden, NotFound, decide
+from backend.database.schema import (
     Cluster,
     ClusterDecision,
     ClusterMembership,
+    ClusterStatus,
     Label,
     LabelSource,
     User,
@@ -485,3 +486,163 @@ def test_parallel_collision_becomes_a_conflict(world, monkeypatch):
     monkeypatch.setitem(decisions.ACTIONS, "split", collide)
     with pytest.raises(Conflict, match="at the same moment"):
         decide(world["db"], "split", world["c"][0], world["u"]["rad1"], k=2)
+
+
+# ---------------------------------------------------------------------------------------------
+# payloads: the JSON layout of ClusterDecision.payload, which databases written by earlier
+# versions of samx hold (lists and string keys, read back by position)
+
+
+def _weak_labels_of(db, decision_id) -> dict[int, int]:
+    with db.session() as s:
+        return {w.image_id: w.id for w in s.scalars(select(WeakLabel).where(WeakLabel.decision_id == decision_id))}
+
+
+def _payload(db, decision_id) -> dict:
+    with db.session() as s:
+        return s.get(ClusterDecision, decision_id).payload
+
+
+def test_decisions_write_the_payload_layout_of_earlier_versions(world):
+    """The typed payloads serialise to exactly the JSON the code before them wrote, so rows of
+    either version read the same (and an older samx can still undo what this one did)."""
+    db, (a, b, c), rad1 = world["db"], world["c"], world["u"]["rad1"]
+    knee, hand = world["L"]["knee"], world["L"]["hand"]
+    imgs_a = members(db, a)
+    prior = seed_label(db, imgs_a[0], world["L"]["hip"])
+    out = decide(db, "name", a, rad1, label_id=knee)
+    named = _weak_labels_of(db, out["decision_id"])
+    assert _payload(db, out["decision_id"]) == {
+        "before": {str(a): {"status": "open", "label_id": None, "size": 6}},
+        "labels": [[i, prior if i == imgs_a[0] else None, named[i]] for i in imgs_a], "kept_manual": 0}
+
+    moved = members(db, b)
+    out = decide(db, "merge", a, rad1, sources=[b])
+    new = _weak_labels_of(db, out["decision_id"])
+    assert _payload(db, out["decision_id"]) == {
+        "before": {str(a): {"status": "named", "label_id": knee, "size": 6},
+                   str(b): {"status": "open", "label_id": None, "size": 5}},
+        "moved": {str(b): moved}, "labels": [[i, None, new[i]] for i in moved], "kept_manual": 0, "sources": [b]}
+
+    out = decide(db, "move", a, rad1, image_ids=[imgs_a[1]], target=hand)
+    new = _weak_labels_of(db, out["decision_id"])
+    assert _payload(db, out["decision_id"]) == {
+        "before": {str(a): {"status": "named", "label_id": knee, "size": 11}},
+        "labels": [[imgs_a[1], named[imgs_a[1]], new[imgs_a[1]]]], "target": hand}
+    out = decide(db, "move", a, rad1, image_ids=[imgs_a[2]], target="unlabeled")
+    assert _payload(db, out["decision_id"]) == {
+        "before": {str(a): {"status": "named", "label_id": knee, "size": 11}},
+        "labels": [[imgs_a[2], named[imgs_a[2]], None]], "target": "unlabeled"}
+
+    with db.session() as s:
+        ms = s.execute(select(ClusterMembership.id, ClusterMembership.image_id, ClusterMembership.distance)
+                       .where(ClusterMembership.cluster_id == c).order_by(ClusterMembership.image_id)).all()
+    out = decide(db, "split", c, rad1, k=2)
+    assert _payload(db, out["decision_id"]) == {
+        "before": {str(c): {"status": "open", "label_id": None, "size": 4}}, "k": 2, "seed": c,
+        "children": [ch["id"] for ch in out["children"]], "members": [[m, i, d] for m, i, d in ms]}
+
+    out = decide(db, "undo", c, rad1)
+    assert _payload(db, out["decision_id"]) == {"undid": out["undid"], "action": "split", "skipped_images": []}
+
+
+def test_undo_of_a_name_decision_written_by_the_old_code(world):
+    """A decision row exactly as the code before the typed payloads left it (written here by
+    hand, not by the decision service) is undone: labels, cluster state and all."""
+    db, a, rad1 = world["db"], world["c"][0], world["u"]["rad1"]
+    imgs = members(db, a)
+    prior = seed_label(db, imgs[0], world["L"]["hip"])
+    start = snapshot(db, world["run"])
+    knee = world["L"]["knee"]
+    with db.session() as s:
+        d = ClusterDecision(cluster_id=a, user_id=rad1.id, action="name", label_id=knee, payload={})
+        s.add(d)
+        s.flush()
+        s.get(WeakLabel, prior).superseded_at = d.created_at
+        s.flush()
+        created = []
+        for img in imgs:
+            w = WeakLabel(image_id=img, label_id=knee, source=LabelSource.cluster, decision_id=d.id, user_id=rad1.id)
+            s.add(w)
+            s.flush()
+            created.append(w.id)
+        cl = s.get(Cluster, a)
+        cl.status, cl.label_id = "named", knee
+        cl.stats = {**cl.stats, "last_decision_id": d.id}
+        d.payload = {"before": {str(a): {"status": "open", "label_id": None, "size": 6}},
+                     "labels": [[img, prior if img == imgs[0] else None, w] for img, w in zip(imgs, created)],
+                     "kept_manual": 0}
+        decision_id = d.id
+    assert {i: v[0] for i, v in current(db, imgs).items()} == {i: knee for i in imgs}
+    undo = decide(db, "undo", a, rad1, version=version(db, a))
+    assert undo["undid"] == decision_id and undo["cluster"]["status"] == "open" and undo["cluster"]["label"] is None
+    assert snapshot(db, world["run"]) == start
+    assert current(db, imgs)[imgs[0]][4] == prior
+
+
+def test_undo_of_merge_and_split_payloads_written_by_the_old_code(world):
+    """Merge and split rows whose payloads are the old code's literal JSON (string keys, lists
+    of [membership, image, distance]) are undone back to the start."""
+    db, (a, b, c), rad1 = world["db"], world["c"], world["u"]["rad1"]
+    knee = world["L"]["knee"]
+    decide(db, "name", a, rad1, label_id=knee)
+    start = snapshot(db, world["run"])
+    moved = members(db, b)
+    out = decide(db, "merge", a, rad1, sources=[b])
+    new = _weak_labels_of(db, out["decision_id"])
+    with db.session() as s:
+        s.get(ClusterDecision, out["decision_id"]).payload = {
+            "before": {str(a): {"status": "named", "label_id": knee, "size": 6},
+                       str(b): {"status": "open", "label_id": None, "size": 5}},
+            "moved": {str(b): moved}, "labels": [[i, None, new[i]] for i in moved], "kept_manual": 0, "sources": [b]}
+    decide(db, "undo", a, rad1)
+    assert snapshot(db, world["run"]) == start
+
+    with db.session() as s:
+        ms = s.execute(select(ClusterMembership.id, ClusterMembership.image_id, ClusterMembership.distance)
+                       .where(ClusterMembership.cluster_id == c).order_by(ClusterMembership.image_id)).all()
+    out = decide(db, "split", c, rad1, k=2)
+    with db.session() as s:
+        s.get(ClusterDecision, out["decision_id"]).payload = {
+            "before": {str(c): {"status": "open", "label_id": None, "size": 4}}, "k": 2, "seed": c,
+            "children": [ch["id"] for ch in out["children"]], "members": [[m, i, d] for m, i, d in ms]}
+    decide(db, "undo", c, rad1)
+    assert snapshot(db, world["run"]) == start
+
+
+def test_payload_classes_round_trip_the_old_json():
+    old = {"before": {"7": {"status": "named", "label_id": 3, "size": 2}},
+           "moved": {"8": [11, 12]}, "labels": [[11, None, 40], [12, 30, 41]], "kept_manual": 1, "sources": [8]}
+    p = decisions.MergePayload.from_json(old)
+    assert p.before[7] == decisions.ClusterState(ClusterStatus.named, 3, 2)
+    assert p.labels[1] == decisions.LabelChange(12, 30, 41) and p.moved == {8: [11, 12]}
+    assert p.to_json() == old
+    split = {"before": {"9": {"status": "open", "label_id": None, "size": 3}}, "k": 2, "seed": 9,
+             "children": [20, 21], "members": [[1, 11, 0.5], [2, 12, None]]}
+    assert decisions.SplitPayload.from_json(split).to_json() == split
+    assert decisions.SplitPayload.from_json(split).labels == []
+    undo = {"undid": 5, "action": "merge", "skipped_images": [3]}
+    assert decisions.UndoPayload.from_json(undo).to_json() == undo
+    move = {"before": {"9": {"status": "named", "label_id": 2, "size": 3}}, "labels": [[11, 40, None]],
+            "target": "unlabeled"}
+    assert decisions.MovePayload.from_json(move).to_json() == move
+
+
+def test_each_decision_and_its_undo_bump_every_touched_cluster_once(world):
+    """One UPDATE per cluster and decision: the version a page sends next is the one it was told."""
+    db, (a, b, c), rad1 = world["db"], world["c"], world["u"]["rad1"]
+    steps = [("name", a, {"label_id": world["L"]["knee"]}, (a,)),
+             ("move", a, {"image_ids": members(db, a)[:1], "target": world["L"]["hand"]}, (a,)),
+             ("merge", a, {"sources": [b]}, (a, b)),
+             ("undo", a, {}, (a, b)),
+             ("discard", b, {}, (b,)),
+             ("undo", b, {}, (b,)),
+             ("split", c, {"k": 2}, (c,)),
+             ("undo", c, {}, (c,)),
+             ("undo", a, {}, (a,)),
+             ("undo", a, {}, (a,))]
+    for action, cid, kwargs, touched in steps:
+        before = {x: version(db, x) for x in (a, b, c)}
+        out = decide(db, action, cid, rad1, version=before[cid], **kwargs)
+        assert out["cluster"]["version"] == before[cid] + 1, action
+        assert {x: version(db, x) for x in (a, b, c)} == {x: v + (x in touched) for x, v in before.items()}, action

@@ -21,7 +21,8 @@ from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
 )
 
-from imaging.deidentify import DEIDENTIFICATION_METHOD, MAX_DATE_SHIFT_DAYS, Deidentifier, find_phi
+from imaging.deidentify import DEIDENTIFICATION_METHOD, MAX_DATE_SHIFT_DAYS, Deidentifier
+from tests.factories import find_phi
 
 SECRET = bytes(range(32))
 OTHER_SECRET = bytes(range(1, 33))

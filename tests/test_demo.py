@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from backend.ml_service import NO_MODEL
+from ml_backend.service import NO_MODEL
 from tests.labelstudio_fixtures import free_port
 
 pytestmark = pytest.mark.slow

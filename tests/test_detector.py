@@ -1,4 +1,4 @@
-"""ml_backend.detector on tiny synthetic images: the fit / predict contract, coordinates in the
+"""ml_backend.models.detector on tiny synthetic images: the fit / predict contract, coordinates in the
 original pixels, persistence, uncertainty and embeddings; and (slow) that it learns."""
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from ml_backend.boxes import Detections
-from ml_backend.detector import DetectorConfig, LesionDetector
-from ml_backend.metrics import detection_map
-from ml_backend.tiles import MIN_VISIBLE, random_tile
+from ml_backend.models.boxes import Detections
+from ml_backend.models.detector import DetectorConfig, LesionDetector
+from ml_backend.models.metrics import detection_map
+from ml_backend.models.tiles import MIN_VISIBLE, random_tile
 
 CLASSES = ["benign", "malignant"]
 TINY = dict(size=128, rois_per_image=16, proposals=100, batch_size=3, epochs=2, lr=0.02)
@@ -197,7 +197,7 @@ def test_other_architectures(arch, dim):
 
 
 def test_resnet18_fpn_box_heads_save_and_load(tmp_path):
-    """The GroupNorm'd conv head (for AdamW, ml_backend.resnet18_fpn) is kept in the file's
+    """The GroupNorm'd conv head (for AdamW, ml_backend.models.resnet18_fpn) is kept in the file's
     config; files saved before the choice existed load with the MLP head they have."""
     from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, TwoMLPHead
 
@@ -286,7 +286,7 @@ def test_a_first_training_on_a_handful_of_images_works(data):
     images, boxes, labels = data
     det = LesionDetector(CLASSES, **{**TINY, "epochs": 1, "batch_size": 4}).fit(images[:4], boxes[:4], labels[:4])
     assert len(det.history_) == 1 and np.isfinite(det.history_[0].loss)
-    from ml_backend.abnormality import AbnormalityClassifier
+    from ml_backend.models.abnormality import AbnormalityClassifier
 
     clf = AbnormalityClassifier(size=64, epochs=1, batch_size=4).fit(images[:2], [0, 1])
     assert clf.predict_proba(images[:2]).shape == (2,)

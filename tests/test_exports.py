@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from backend.db import Database
-from backend.models import Box, Image, JobStatus, Label, WeakLabel
+from backend.database.session import Database
+from backend.database.schema import Box, Image, JobStatus, Label, WeakLabel
 from exports.records import BoxRecord, clip_box
-from exports.splits import assign_splits, group_images, parse_fractions
+from training.splits import assign_splits, group_images, parse_fractions
 from exports.voc import decode_box, encode_box
 from imaging.phantoms import generate_phantoms
 from tests.conftest import make_settings

@@ -20,8 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
-from backend.ingest import ingest_paths
-from backend.models import Image, ImageStatus
+from backend.images.ingest import ingest_paths
+from backend.database.schema import Image, ImageStatus
 from imaging.deidentify import Deidentifier
 from imaging.errors import ImageRejected
 from imaging.reader import read_radiograph

@@ -10,11 +10,10 @@ import pytest
 from PIL import Image as PILImage
 from sqlalchemy import func, inspect, select, text
 
-from backend.image_store import load_pixels
-from backend.ingest import ingest_paths
-from backend.models import Image, ImageStatus
-from imaging.deidentify import find_phi
-from tests.factories import PHI, body_like, dicom_bytes
+from backend.images.store import load_pixels
+from backend.images.ingest import ingest_paths
+from backend.database.schema import Image, ImageStatus
+from tests.factories import PHI, body_like, dicom_bytes, find_phi
 
 
 @pytest.fixture
@@ -108,7 +107,7 @@ def test_interrupted_run_resumes_without_duplicates(sqlite_db, dump: Path):
 
 
 def test_parallel_and_serial_ingest_store_the_same_images(tmp_path: Path, dump: Path):
-    from backend.db import Database
+    from backend.database.session import Database
     from tests.conftest import make_settings
 
     results = []
@@ -160,7 +159,7 @@ def test_no_phi_in_database_files_thumbnails_logs_or_report(db, dump: Path, tmp_
 def test_two_ingests_racing_over_the_same_files_store_each_once(postgres_url: str, tmp_path: Path, dump: Path):
     import threading
 
-    from backend.db import Database
+    from backend.database.session import Database
     from tests.conftest import make_settings
 
     db = Database(make_settings(tmp_path / "race", postgres_url))

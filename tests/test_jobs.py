@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from backend.db import Database
+from backend.database.session import Database
 from backend.jobs import enqueue, reap_stale, retry
-from backend.models import Image, ImageStatus, Job, JobStatus
+from backend.database.schema import Image, ImageStatus, Job, JobStatus
 from tests.conftest import make_settings
 from tests.factories import body_like, dicom_bytes
 

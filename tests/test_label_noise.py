@@ -1,11 +1,11 @@
-"""Confident learning on out-of-fold predictions (clustering.label_noise): which weak labels the
+"""Confident learning on out-of-fold predictions (clustering.sorter.label_noise): which weak labels the
 sorter's version leaves out of training."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from clustering.label_noise import confident_classes, confident_thresholds, label_issues
+from clustering.sorter.label_noise import confident_classes, confident_thresholds, label_issues
 
 
 def _predictions(truth: np.ndarray, n_classes: int, seed: int = 0, sharpness: float = 4.0) -> np.ndarray:

@@ -16,8 +16,8 @@ from click.testing import CliRunner
 from PIL import Image as PILImage
 from sqlalchemy import select
 
-from backend.labelstudio import server
-from backend.labelstudio.config import (
+from backend.labelstudio import process as server
+from ml_backend.labeling_config import (
     ABNORMAL_CHOICES,
     ABNORMAL_FROM_NAME,
     IMAGE_TO_NAME,
@@ -41,7 +41,7 @@ from backend.labelstudio.sync import (
     sync,
     task_map,
 )
-from backend.models import Image, Label, LabelSource, WeakLabel
+from backend.database.schema import Image, Label, LabelSource, WeakLabel
 from tests.conftest import make_settings
 from tests.labelstudio_fixtures import N_IMAGES, free_port
 

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-from backend.labelstudio import server
-from backend.labelstudio.config import LESION_FROM_NAME
+from backend.labelstudio import process as server
+from ml_backend.labeling_config import LESION_FROM_NAME
 from backend.labelstudio.push import PRIORITY_KEY, RANK_KEY
 from backend.labelstudio.sync import sync, task_map
-from backend.models import Annotation, Box, Image, Job, ModelVersion
+from backend.database.schema import Annotation, Box, Image, Job, ModelVersion
 from tests.browser_fixtures import ARTIFACTS, wait
 from tests.factories import ls_box_results
 
@@ -48,7 +48,7 @@ def loop(label_studio, ls_db, ls_phantoms, ml_backend):
     """The loop, run once for this module's tests; asserts each step as it goes."""
     settings, _ = label_studio
     url, backend = ml_backend
-    db = backend.db  # the backend's settings: retrain after 4 annotations, small CPU training
+    db = backend.database.session  # the backend's settings: retrain after 4 annotations, small CPU training
     ph, truth = ls_phantoms
 
     result = sync(db, ml_backend_url=url)

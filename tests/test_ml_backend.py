@@ -20,17 +20,19 @@ import numpy as np
 import pytest
 from sqlalchemy import delete, func, select
 
-from backend.detector_data import labelled_images
-from backend.detector_job import FIRST_LR, WARM_START_LR_SCALE
-from backend.detector_retrain import maybe_retrain
-from backend.detector_store import active_version
-from backend.ingest import ingest_paths
+from backend.detector.data import labelled_images
+from backend.detector.job import FIRST_LR, WARM_START_LR_SCALE
+from backend.detector.retrain import maybe_retrain
+from backend.detector.store import active_version
+from backend.images.ingest import ingest_paths
 from backend.jobs import enqueue, reap_stale
 from backend.labelstudio.annotations import apply_event
-from backend.labelstudio.config import IMAGE_TO_NAME, LESION_FROM_NAME
-from backend.labelstudio.server import files_root
-from backend.ml_service import NO_MODEL, SamxBackend, credentials
-from backend.models import Annotation, Box, Image, Job, JobStatus, ModelVersion
+from ml_backend.labeling_config import IMAGE_TO_NAME, LESION_FROM_NAME
+from backend.labelstudio.process import files_root
+from backend.detector.serving import ml_backend
+from ml_backend.auth import credentials
+from ml_backend.service import NO_MODEL
+from backend.database.schema import Annotation, Box, Image, Job, JobStatus, ModelVersion
 from imaging.phantoms import generate_phantoms
 from ml_backend.server import MAX_BODY, MAX_TASKS, create_app
 from tests.conftest import make_settings
@@ -50,7 +52,7 @@ def ls_event(action: str, ann_id: int, image_id: int, width: int, height: int, b
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from backend.db import Database
+    from backend.database.session import Database
 
     root = tmp_path_factory.mktemp("mlb")
     truth = generate_phantoms(root / "ph", 14, seed=5, fmt="png", size=256, lesion_rate=0.9,
@@ -102,7 +104,7 @@ def test_annotation_events_land_as_boxes_in_pixels_with_their_answers(world):
 
 
 def test_a_region_choice_corrects_the_weak_label_with_provenance(world):
-    from backend.models import Label, LabelSource, WeakLabel, utcnow
+    from backend.database.schema import Label, LabelSource, WeakLabel, utcnow
 
     db, im = world["db"], world["images"][1]
     with db.session() as s:
@@ -170,7 +172,7 @@ def trained(world):
 
 
 def test_retrain_is_queued_once_after_n_annotations_and_not_again_while_pending(tmp_path, world):
-    from backend.db import Database
+    from backend.database.session import Database
 
     settings = dataclasses.replace(make_settings(tmp_path / "data"), detector_retrain_after=3)
     db = Database(settings)
@@ -208,7 +210,7 @@ def test_train_detector_job_stores_a_version_and_ranks_the_unlabelled(world, tra
 
 @pytest.fixture(scope="module")
 def client(world, trained):
-    backend = SamxBackend(world["settings"], world["db"])
+    backend = ml_backend(world["settings"], world["db"])
     backend.slot.refresh()
     app = create_app(backend, basic_auth=credentials(world["settings"]))
     user, password = credentials(world["settings"])
@@ -385,7 +387,7 @@ def test_worker_killed_mid_training_leaves_the_old_model_serving(world, client, 
 
 
 def test_no_model_yet_still_answers_with_a_stable_version(world):
-    backend = SamxBackend(world["settings"], world["db"])
+    backend = ml_backend(world["settings"], world["db"])
     assert backend.model_version() == NO_MODEL  # nothing loaded before start()/refresh()
     res = backend.predict_task({"id": 1, "data": {"samx_image_id": world["images"][0]["id"]}})
     assert res == {"result": [], "score": 0.0, "model_version": NO_MODEL}
@@ -419,7 +421,7 @@ def test_the_loops_retrain_continues_the_active_version(world, trained):
     """Runs after the warm-start test: a training the loop queues (no architecture named) keeps
     the active version's ResNet-18 on 64 px tiles at 128 px, not the job's MobileNetV3 default,
     and fine-tunes it; with SAMX_DETECTOR_WARM_START off it trains that architecture from scratch."""
-    from backend.db import Database
+    from backend.database.session import Database
 
     db, settings = world["db"], world["settings"]
     with db.session() as s:

@@ -1,4 +1,4 @@
-"""ml_backend.metrics and ml_backend.fusion against cases computed by hand."""
+"""ml_backend.models.metrics and ml_backend.models.fusion against cases computed by hand."""
 from __future__ import annotations
 
 import json
@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from ml_backend.boxes import Detections
-from ml_backend.fusion import fuse, youden_threshold
-from ml_backend.metrics import auroc_ci, box_accuracy, detection_map, evaluate, roc_plot, sensitivity_at_fpr
+from ml_backend.models.boxes import Detections
+from ml_backend.models.fusion import fuse, youden_threshold
+from ml_backend.models.metrics import auroc_ci, box_accuracy, detection_map, evaluate, roc_plot, sensitivity_at_fpr
 
 A, B = "benign", "malignant"
 BOX1, BOX2, FAR = [10, 10, 20, 20], [60, 60, 30, 20], [150, 150, 10, 10]

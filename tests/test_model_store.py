@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.model_store import STALE_TMP_SECONDS, write_version_dir
+from backend.database.model_versions import STALE_TMP_SECONDS, write_version_dir
 from tests.conftest import make_settings
 
 

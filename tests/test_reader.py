@@ -10,7 +10,9 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate, generate_fragments
 
 from imaging.errors import ImageRejected
 from imaging.reader import read_radiograph
@@ -225,3 +227,118 @@ def test_png_bomb_is_refused_from_its_header():
     with pytest.raises(ImageRejected) as err:
         read_radiograph(png)
     assert err.value.code == "too_large"
+
+
+# ----------------------------------------------------------------- rejection codes of cut files
+# The code comes from exception types and the file's own structure (pixel data length against
+# the header, end markers, where the strips lie), never from a decoder's message text: these
+# files are cut or damaged here, and each must keep its code whatever pydicom, PIL or tifffile
+# say about it.
+
+
+def _sample(name: str) -> bytes:
+    return Path(get_testdata_file(name)).read_bytes()
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small_implicit.dcm", "MR_small_bigendian.dcm"])
+@pytest.mark.parametrize("kept", [0.0, 0.1, 0.5, 0.99])
+def test_native_dicom_cut_inside_its_pixel_data_is_truncated(name: str, kept: float):
+    data = _sample(name)
+    value = bytes(pydicom.dcmread(io.BytesIO(data)).PixelData)
+    start = data.rindex(value)  # CT_small.dcm has elements after its pixel data
+    with pytest.raises(ImageRejected) as err:
+        read_radiograph(data[: start + int(kept * len(value))])
+    assert err.value.code == "truncated", err.value
+    assert "pixel data shorter than the header says" in err.value.reason
+
+
+def test_native_shortfall_is_found_before_decoding(monkeypatch):
+    """The truncation is the reader's own check (pixel data length against Rows x Columns x
+    samples x bits x frames), not an interpretation of what the decoder raises."""
+    import pydicom.pixels
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("the decoder must not be asked")
+
+    monkeypatch.setattr(pydicom.pixels, "pixel_array", no_decoding)
+    data = dicom_bytes(GRADIENT)
+    with pytest.raises(ImageRejected) as err:
+        read_radiograph(data[:-1000])
+    assert err.value.code == "truncated"
+    assert f"{GRADIENT.nbytes - 1000:,} of {GRADIENT.nbytes:,} bytes" in err.value.reason
+
+
+def test_native_pixel_data_of_odd_length_and_padded_is_not_truncated():
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(np.zeros((3, 5), np.uint16))))
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    ds.PixelData = np.arange(15, dtype=np.uint8).tobytes()  # 15 bytes, written with a pad byte
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    assert read_radiograph(buf.getvalue(), voi="none").pixels.shape == (3, 5)
+
+
+def test_dicom_cut_inside_a_sequence_item_header_is_truncated():
+    data = _sample("JPEG2000.dcm")
+    with pytest.raises(ImageRejected) as err:
+        read_radiograph(data[:1000])  # pydicom raises OSError: no item tag to read
+    assert err.value.code == "truncated"
+
+
+RAMP = (np.random.default_rng(3).random((64, 64)) * 65535).astype(np.uint16)
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.5, 0.9])
+def test_cut_png_and_jpeg_are_truncated(fraction: float):
+    for data in (_encode(RAMP, "PNG"), _encode((RAMP >> 8).astype(np.uint8), "JPEG")):
+        with pytest.raises(ImageRejected) as err:
+            read_radiograph(data[: int(len(data) * fraction)])
+        assert err.value.code == "truncated", err.value
+
+
+def test_whole_png_and_jpeg_with_bad_data_are_corrupt():
+    png = bytearray(_encode(RAMP, "PNG"))
+    mid = len(png) // 2
+    png[mid : mid + 16] = bytes(16)  # inside the compressed image data; the IEND chunk is intact
+    with pytest.raises(ImageRejected) as err:
+        read_radiograph(bytes(png))
+    assert err.value.code == "corrupt"
+    jpg = bytearray(_encode((RAMP >> 8).astype(np.uint8), "JPEG"))
+    # Start-of-frame markers whose lengths run past the end: PIL reports "Truncated File Read",
+    # but the file is whole (it ends with its EOI marker), so the data is bad, not missing.
+    jpg[200:400] = b"\xff\xc0" * 100
+    with pytest.raises(ImageRejected) as err:
+        read_radiograph(bytes(jpg))
+    assert err.value.code == "corrupt"
+
+
+@pytest.mark.parametrize("compression", [None, "zlib"])
+def test_cut_tiff_is_truncated_and_bad_strip_data_is_corrupt(compression):
+    import tifffile
+
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, RAMP, compression=compression)
+    data = buf.getvalue()
+    for fraction in (0.5, 0.99):
+        with pytest.raises(ImageRejected) as err:
+            read_radiograph(data[: int(len(data) * fraction)])  # the strip runs past the end
+        assert err.value.code == "truncated", err.value
+    if compression:
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            start = int(tif.pages[0].dataoffsets[0])
+        bad = bytearray(data)
+        bad[start + 10 : start + 40] = b"\xff" * 30
+        with pytest.raises(ImageRejected) as err:
+            read_radiograph(bytes(bad))
+        assert err.value.code == "corrupt"
+
+
+def test_encapsulated_data_no_installed_plugin_can_decode_is_decode_failed():
+    ds = pydicom.dcmread(get_testdata_file("MR_small_RLE.dcm"))
+    frame = bytearray(next(f for f in generate_fragments(ds.PixelData) if len(f) > 64))
+    frame[-500:] = b"\x80" * 500  # RLE no-op bytes: the segments decode too short
+    ds.PixelData = encapsulate([bytes(frame)])
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    with pytest.raises(ImageRejected) as err:
+        read_radiograph(buf.getvalue())
+    assert err.value.code == "decode_failed"

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import func, select
 
 from backend.jobs import enqueue
-from backend.models import Cluster, ClusterMembership, Label, User, WeakLabel
+from backend.database.schema import Cluster, ClusterMembership, Label, User, WeakLabel
 from backend.web import create_app
 from tests.factories import TEST_PASSWORD
 from tests.test_web import Browser

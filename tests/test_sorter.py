@@ -13,11 +13,11 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
-from clustering.gradcam import gradcam, overlay
+from clustering.sorter.gradcam import gradcam, overlay
 from clustering.similar import SimilarCases, majority_vote
-from clustering.sorter import UNSURE, Sorter
-from clustering.sorter_metrics import evaluate, precision_at_k, summarize
-from clustering.sorter_splits import cv_folds, holdout
+from clustering.sorter.model import UNSURE, Sorter
+from clustering.sorter.metrics import evaluate, precision_at_k, summarize
+from training.splits import cv_folds, holdout
 from imaging.phantoms import render_phantom
 from imaging.tensor_cache import prepare_tensor
 from tests.conftest import pydicom_data_radiographs
@@ -173,8 +173,8 @@ def test_gradcam_maps_are_normalised_and_depend_on_the_class(trained):
 
 
 def test_train_sorter_job_stores_a_versioned_model_and_predictions(db):
-    from backend.models import ModelVersion, SorterPrediction
-    from backend.sorter_store import active_version
+    from backend.database.schema import ModelVersion, SorterPrediction
+    from backend.sorter.store import active_version
 
     world = make_sorter_world(db, epochs=2, folds=3)
     job = world["job"]
@@ -228,8 +228,8 @@ def test_train_sorter_job_stores_a_versioned_model_and_predictions(db):
             SorterPrediction.model_version_id == mv.id)) == 35
 
     # a doubted label is stored with its image's prediction (here: the tiny sorter doubted nothing)
-    from backend.sorter_job import store_predictions
-    from clustering.sorter import Predictions
+    from backend.sorter.job import store_predictions
+    from clustering.sorter.model import Predictions
     knee, hand = world["ids"]["knee"][0], world["ids"]["hand"][0]
     pred = Predictions(np.array([0, 1]), np.array([[0.8, 0.15, 0.05], [0.1, 0.6, 0.3]]), np.zeros(2),
                        np.zeros((2, 4)))
@@ -242,8 +242,8 @@ def test_train_sorter_job_stores_a_versioned_model_and_predictions(db):
 
 
 def test_a_worse_version_does_not_replace_the_active_one(sqlite_db):
-    from backend.models import ModelVersion
-    from backend.sorter_store import active_version
+    from backend.database.schema import ModelVersion
+    from backend.sorter.store import active_version
 
     world = make_sorter_world(sqlite_db, sizes=(20, 20, 20), epochs=12)
     first = world["job"].result

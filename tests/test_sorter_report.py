@@ -9,7 +9,7 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from clustering.sorter_report import render_report, write_report
+from clustering.sorter.report import render_report
 
 CLASSES = ["hand", "knee", "<b>&"]
 IMG = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
@@ -101,9 +101,3 @@ def test_minimal_meta_omits_missing_sections():
     assert len(IMG.findall(html)) == 2  # heatmap and abstention histogram
     meta["abstention"] = meta["holdout"] = meta["config"] = None
     assert "<h2>" not in render_report(meta)
-
-
-def test_write_report_equals_render(tmp_path):
-    meta = make_meta()
-    path = write_report(tmp_path / "reports" / "a1b2.html", meta)
-    assert path.read_text(encoding="utf-8") == render_report(meta)

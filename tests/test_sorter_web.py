@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select, update
 
-from backend.decisions import decide
-from backend.models import (ClusterMembership, Image, Job, Label, LabelSource, ModelVersion, SorterPrediction,
+from backend.clusters.decisions import decide
+from backend.database.schema import (ClusterMembership, Image, Job, Label, LabelSource, ModelVersion, SorterPrediction,
                             WeakLabel, utcnow)
-from backend.review import review_queue
-from backend.sorter_store import stored_embeddings
+from backend.sorter.review import review_queue
+from backend.sorter.store import stored_embeddings
 from backend.web import create_app
 from tests.factories import make_cluster_run, make_sorter_world, make_user
 from tests.browser_fixtures import ARTIFACTS

@@ -157,3 +157,17 @@ def test_tensor_cache_rejects_non_hex_keys(tmp_path):
             cache.path(key)
     with pytest.raises(ValueError, match="unknown enhancement"):
         TensorCache(tmp_path, method="magic")
+
+
+def test_imaging_has_one_resize_and_one_letterbox():
+    """Thumbnails, the ROI's working image and the tensor cache share imaging.resize; the old
+    import paths (imaging.thumbnails.resize_long_side, imaging.tensor_cache.letterbox) still work."""
+    from imaging import resize, roi, tensor_cache, thumbnails
+
+    assert thumbnails.resize_long_side is resize.resize_long_side is roi.resize_long_side
+    assert tensor_cache.resize_long_side is resize.resize_long_side
+    assert tensor_cache.letterbox is resize.letterbox
+    img = np.random.default_rng(0).random((300, 120), dtype=np.float32)
+    assert resize.resize_long_side(img, 100).shape == (100, 40)
+    boxed = resize.letterbox(img, 100)
+    assert boxed.shape == (100, 100) and not boxed[:, :30].any() and not boxed[:, 70:].any()

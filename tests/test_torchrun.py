@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from backend.cli import main
-from backend.demo import lesion_dataset
+from backend.demo.pipeline import lesion_dataset
 
 pytestmark = pytest.mark.slow
 
@@ -35,10 +35,10 @@ def torchrun(data: Path, *args: str) -> subprocess.CompletedProcess:
 
 def test_cluster_and_sorter_train_on_two_processes(tmp_path: Path):
     from backend.config import Settings
-    from backend.db import Database
-    from backend.decisions import decide
-    from backend.models import Cluster, ClusterMembership, Image, Label, ModelVersion
-    from backend.users import create_user
+    from backend.database.session import Database
+    from backend.clusters.decisions import decide
+    from backend.database.schema import Cluster, ClusterMembership, Image, Label, ModelVersion
+    from backend.database.users import create_user
 
     data, phantoms = tmp_path / "data", tmp_path / "phantoms"
     samx(data, "synth", str(phantoms), "--n", "48", "--size", "160", "--format", "png", "--workers", "1")

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from sqlalchemy import event, func, select
 
-from backend.image_store import load_pixels
-from backend.models import Cluster, ClusterMembership, Image, Job, Label, LabelSource, WeakLabel
+from backend.images.store import load_pixels
+from backend.database.schema import Cluster, ClusterMembership, Image, Job, Label, LabelSource, WeakLabel
 from backend.web import create_app
 from backend.web.images import auto_window, window_to_uint8
 from tests.conftest import make_settings
@@ -397,10 +397,10 @@ def test_image_page_shows_provenance(app, cluster_world):
 
 
 def test_start_clustering_job(app, cluster_world, monkeypatch):
-    import backend.tasks  # noqa: F401  # registers the real handlers first
-    from backend.jobs import runner
+    import backend.cli.job_kinds  # noqa: F401  # registers the real handlers first
+    from backend.jobs import registry
 
-    monkeypatch.setitem(runner._KINDS, "cluster", lambda ctx: {"run_id": None})
+    monkeypatch.setitem(registry._KINDS, "cluster", lambda ctx: {"run_id": None})
     db = cluster_world["db"]
     r = Browser(app, "rad1")
     resp = r.form("/runs", {"k": "7", "epochs": "3"})
@@ -419,7 +419,7 @@ def test_start_clustering_job(app, cluster_world, monkeypatch):
         assert "must be" in r.get("/runs").text
     with db.session() as s:
         assert s.scalar(select(func.count()).select_from(Job)) == 1
-    monkeypatch.delitem(runner._KINDS, "cluster")
+    monkeypatch.delitem(registry._KINDS, "cluster")
     r.form("/runs", {"k": "5", "epochs": "1"})
     assert "Could not start clustering" in r.get("/runs").text
 
@@ -428,7 +428,7 @@ def test_start_clustering_job(app, cluster_world, monkeypatch):
 def test_clustering_started_from_the_page_runs_for_real(app, cluster_world):
     """No k on the form: the job picks it; a worker (here: execute) runs the real DeepCluster."""
     from backend.jobs import execute
-    from backend.models import ClusterRun
+    from backend.database.schema import ClusterRun
 
     db = cluster_world["db"]
     r = Browser(app, "rad1")

@@ -6,7 +6,7 @@ deployments run the same task code and show progress the same way.
 from __future__ import annotations
 
 import logging
-import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -16,6 +16,10 @@ from huey.api import TaskWrapper
 from backend.config import Settings
 
 TASK_NAME = "samx.run_job"
+Executor = Callable[[Settings, int], None]
+# Set by the worker (backend.jobs.worker) before it consumes: the transport carries ids and
+# knows nothing of how a job runs.
+_executor: Executor | None = None
 log = logging.getLogger("samx.jobs")
 
 
@@ -34,9 +38,9 @@ def get_transport(settings: Settings) -> Transport:
         huey = SqliteHuey("samx", filename=str(settings.queue_file), results=False, timeout=30)
 
     def run_job(job_id: int) -> None:
-        from backend.jobs.runner import execute_in_worker
-
-        execute_in_worker(settings, job_id)
+        if _executor is None:
+            raise RuntimeError("this process runs no jobs: start a worker with `samx worker`")
+        _executor(settings, job_id)
 
     return Transport(huey, huey.task(name=TASK_NAME, retries=0)(run_job))
 
@@ -49,34 +53,6 @@ def pending_count(settings: Settings) -> int:
     return get_transport(settings).huey.pending_count()
 
 
-def run_worker(settings: Settings, workers: int = 1, *, burst: bool = False) -> None:
-    """Block consuming jobs. ``burst``: stop once the queue is empty (tests, ``make demo``)."""
-    from huey.consumer import Consumer
-
-    huey = get_transport(settings).huey
-    if burst:
-        while True:
-            task = huey.dequeue()
-            if task is None:
-                return
-            huey.execute(task)
-    stop = threading.Event()
-    threading.Thread(target=_reap_forever, args=(settings, stop), daemon=True).start()
-    try:
-        Consumer(huey, workers=workers, worker_type="process" if workers > 1 else "thread",
-                 periodic=False, check_worker_health=True).run()
-    finally:
-        stop.set()
-
-
-def _reap_forever(settings: Settings, stop: threading.Event, every: float = 30.0) -> None:
-    """Live workers pick up the jobs of a dead one (another machine's, too)."""
-    from backend.db import Database
-    from backend.jobs.runner import reap_stale
-
-    db = Database(settings)
-    while not stop.wait(every):
-        try:
-            reap_stale(db)
-        except Exception:  # the database being briefly away must not kill the worker
-            log.warning("reaping stale jobs failed", exc_info=True)
+def set_executor(executor: Executor) -> None:
+    global _executor
+    _executor = executor

@@ -10,17 +10,18 @@ import logging
 import os
 import socket
 import threading
-import time
 import traceback
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
 from sqlalchemy import select, update
 
 from backend.config import Settings
-from backend.db import Database
-from backend.models import Job, JobStatus, utcnow
+from backend.database.session import Database
+from backend.jobs.context import JobCancelled, JobContext, JobFailed
+from backend.jobs.queue import send as send_to_queue
+from backend.jobs.registry import handler
+from backend.database.schema import Job, JobKind, JobStatus, utcnow
 
 log = logging.getLogger("samx.jobs")
 
@@ -29,82 +30,23 @@ HEARTBEAT_SECONDS = 5.0
 STALE_AFTER = timedelta(seconds=60)
 MAX_ATTEMPTS = 3
 
-Handler = Callable[["JobContext"], dict[str, Any] | None]
-_KINDS: dict[str, Handler] = {}
-
-
-class JobFailed(Exception):
-    """A handler's way to fail with a message a person can act on (no traceback shown)."""
-
-
-class JobCancelled(Exception):
-    pass
-
-
-def job_kind(name: str) -> Callable[[Handler], Handler]:
-    """Register a handler for jobs of ``kind == name``."""
-
-    def register(fn: Handler) -> Handler:
-        _KINDS[name] = fn
-        return fn
-
-    return register
-
-
-def _handler(kind: str) -> Handler:
-    import backend.tasks  # noqa: F401  # registers the handlers
-
-    try:
-        return _KINDS[kind]
-    except KeyError:
-        raise JobFailed(f"unknown job kind {kind!r}") from None
-
-
-@dataclass
-class JobContext:
-    """What a handler gets: its parameters, the database, and a progress callback."""
-
-    settings: Settings
-    db: Database
-    job_id: int
-    params: dict[str, Any]
-    on_progress: Callable[[int, int | None, str | None], None] | None = None  # e.g. a terminal bar
-    _last_write: float = field(default=0.0, repr=False)
-
-    def progress(self, done: int, total: int | None = None, message: str | None = None, *, force: bool = False) -> None:
-        """Throttled to ~2 writes/s; raises JobCancelled when someone cancelled the job."""
-        if self.on_progress is not None:
-            self.on_progress(done, total, message)
-        now = time.monotonic()
-        if not force and now - self._last_write < 0.5:
-            return
-        self._last_write = now
-        values: dict[str, Any] = {"done": done, "heartbeat_at": utcnow()}
-        if total is not None:
-            values["total"] = total
-        if message is not None:
-            values["message"] = message[:500]
-        with self.db.session() as s:
-            s.execute(update(Job).where(Job.id == self.job_id).values(**values))
-            status = s.scalar(select(Job.status).where(Job.id == self.job_id))
-        if status == JobStatus.cancelled:
-            raise JobCancelled()
-
 
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
 
 
-def enqueue(db: Database, kind: str, params: dict[str, Any], *, send: bool = True) -> Job:
+def enqueue(db: Database, kind: JobKind | str, params: dict[str, Any], *, send: bool = True) -> Job:
     """Create the job row, then hand its id to the queue (row first: a worker never sees an id
     without a row)."""
-    _handler(kind)
+    handler(kind)
+    try:
+        kind = JobKind(kind)
+    except ValueError:  # a handler registered for a kind the schema does not know
+        raise JobFailed(f"job kind {kind!r} is not one of {', '.join(JobKind)}") from None
     with db.session() as s:
         job = Job(kind=kind, params=params, status=JobStatus.queued)
         s.add(job)
     if send:
-        from backend.jobs.queue import send as send_to_queue
-
         send_to_queue(db.settings, job.id)
     return job
 
@@ -145,7 +87,7 @@ def execute(db: Database, job_id: int, on_progress: Callable | None = None) -> J
     ctx = JobContext(settings=db.settings, db=db, job_id=job_id, params=dict(job.params or {}), on_progress=on_progress)
     status, result, error = JobStatus.succeeded, {}, None
     try:
-        result = _handler(job.kind)(ctx) or {}
+        result = handler(job.kind)(ctx) or {}
     except JobCancelled:
         status, error = JobStatus.cancelled, "cancelled"
     except JobFailed as exc:
@@ -188,8 +130,6 @@ def reap_stale(db: Database, *, stale_after: timedelta = STALE_AFTER, requeue: b
                 job.status, job.error, job.finished_at = JobStatus.failed, note, utcnow()
             reaped.append(job.id)
     if requeued:
-        from backend.jobs.queue import send as send_to_queue
-
         for job_id in requeued:
             send_to_queue(db.settings, job_id)
     return reaped
@@ -205,8 +145,6 @@ def retry(db: Database, job_id: int, *, send: bool = True) -> Job:
             raise JobFailed(f"job {job_id} is {job.status.value}; only failed, cancelled or finished jobs can be retried")
         job.status, job.error, job.finished_at, job.message = JobStatus.queued, None, None, "retry requested"
     if send:
-        from backend.jobs.queue import send as send_to_queue
-
         send_to_queue(db.settings, job_id)
     return job
 

@@ -17,11 +17,11 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from backend.db import Database, current_label, label_id, supersede_label
-from backend.labelstudio.config import ABNORMAL, ABNORMAL_FROM_NAME, LESION_FROM_NAME, REGION_FROM_NAME
-from backend.models import Annotation, Box, Image, LabelSource, WeakLabel, utcnow
+from backend.database.session import Database, current_label, label_id, supersede_label
+from ml_backend.labeling_config import ABNORMAL, ABNORMAL_FROM_NAME, LESION_FROM_NAME, REGION_FROM_NAME
+from backend.database.schema import (Annotation, AnnotationSource, Box, BoxSource, Image, LabelKind, LabelSource, WeakLabel,
+                                     utcnow)
 
-SOURCE = "labelstudio"
 UPSERT_ACTIONS = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED"}
 DELETE_ACTIONS = {"ANNOTATIONS_DELETED", "ANNOTATION_DELETED"}
 
@@ -59,7 +59,7 @@ def apply_event(db: Database, action: str, payload: dict[str, Any]) -> SyncResul
         ids = [str(a.get("id")) for a in payload.get("annotations") or [payload.get("annotation") or {}]
                if isinstance(a, dict) and a.get("id") is not None]
         with db.session() as s:
-            for ann in s.scalars(select(Annotation).where(Annotation.source == SOURCE,
+            for ann in s.scalars(select(Annotation).where(Annotation.source == AnnotationSource.labelstudio,
                                                           Annotation.external_id.in_(ids))):
                 if ann.deleted_at is None:
                     ann.deleted_at = utcnow()
@@ -74,13 +74,13 @@ def upsert_annotation(s: Session, ann: Any, task: Any, result: SyncResult) -> No
     image = _image_of(s, task)
     external_id = str(ann["id"])
     updated = str(ann.get("updated_at") or ann.get("created_at") or "")
-    row = s.scalar(select(Annotation).where(Annotation.source == SOURCE, Annotation.external_id == external_id))
+    row = s.scalar(select(Annotation).where(Annotation.source == AnnotationSource.labelstudio, Annotation.external_id == external_id))
     if row is not None and (row.deleted_at is not None or (row.external_updated_at and updated
                                                            and updated < row.external_updated_at)):
         result.stale += 1
         return
     if row is None:
-        row = Annotation(source=SOURCE, external_id=external_id, image_id=image.id)
+        row = Annotation(source=AnnotationSource.labelstudio, external_id=external_id, image_id=image.id)
         s.add(row)
     row.image_id = image.id
     row.task_external_id = str(task.get("id")) if isinstance(task, dict) and task.get("id") is not None else None
@@ -98,13 +98,13 @@ def upsert_annotation(s: Session, ann: Any, task: Any, result: SyncResult) -> No
             names = value.get("rectanglelabels") or []
             if box is not None and names:
                 x, y, w, h = box
-                boxes.append(Box(image_id=image.id, label_id=label_id(s, "lesion", str(names[0])[:128]), x=x, y=y,
-                                 width=w, height=h, source="annotation",
+                boxes.append(Box(image_id=image.id, label_id=label_id(s, LabelKind.lesion, str(names[0])[:128]), x=x, y=y,
+                                 width=w, height=h, source=BoxSource.annotation,
                                  external_id=f"{external_id}:{item.get('id', '')}"))
         elif name == ABNORMAL_FROM_NAME and value.get("choices"):
             row.abnormal = value["choices"][0] == ABNORMAL
         elif name == REGION_FROM_NAME and value.get("choices"):
-            region = label_id(s, "region", str(value["choices"][0])[:128])
+            region = label_id(s, LabelKind.region, str(value["choices"][0])[:128])
     row.region_label_id = region
     s.flush()
     s.execute(delete(Box).where(Box.annotation_id == row.id))

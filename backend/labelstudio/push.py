@@ -13,7 +13,7 @@ from typing import Sequence
 import httpx
 
 from backend.config import Settings
-from backend.labelstudio.server import LabelStudioConnection, LabelStudioError, connection
+from backend.labelstudio.process import LabelStudioConnection, LabelStudioError, connection
 from backend.labelstudio.sync import IMPORT_TIMEOUT_S, iter_tasks, load_state, project_id, task_map
 
 RANK_KEY, PRIORITY_KEY = "al_rank", "al_priority"

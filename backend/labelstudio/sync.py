@@ -33,14 +33,13 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 from urllib.parse import parse_qs, quote, urlparse
 
-import cv2
-import numpy as np
 from sqlalchemy import func, select
 
 from backend.config import Settings
-from backend.db import Database
-from backend.image_store import load_pixels
-from backend.labelstudio.config import (
+from backend.database.session import Database
+from backend.images.store import DISPLAY_SUBDIR, display_relpath, write_display_image
+from ml_backend.labeling_config import (
+    LOCAL_FILES_URL,
     PROJECT_TITLE,
     TASK_IMAGE_ID_KEY,
     TASK_IMAGE_KEY,
@@ -49,14 +48,12 @@ from backend.labelstudio.config import (
     parse_classes,
     parse_labeling_config,
 )
-from backend.labelstudio.server import LabelStudioConnection, LabelStudioError, check_connection, connection, files_root
-from backend.ml_backend_auth import credentials
-from backend.models import Image, ImageStatus, Label, WeakLabel
+from backend.labelstudio.process import LabelStudioConnection, LabelStudioError, check_connection, connection, files_root
+from ml_backend.auth import credentials
+from backend.database.schema import Image, ImageStatus, Label, LabelKind, WeakLabel
 from imaging.files import write_atomic
 
 DEFAULT_BATCH_SIZE = 500
-IMAGES_SUBDIR = "images"  # under files_root(): the only folder Label Studio is allowed to serve
-LOCAL_FILES_URL = "/data/local-files/?d="
 #: Annotation events the ML backend needs (Label Studio has no ANNOTATION_DELETED, only the plural).
 WEBHOOK_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED")
 ML_BACKEND_TITLE = "samx"
@@ -95,15 +92,6 @@ def project_id(settings: Settings) -> int | None:
     return int(pid) if pid is not None else None
 
 
-def display_relpath(content_hash: str) -> str:
-    """Path of an image's display rendition below files_root() (and in its task URL)."""
-    return f"{IMAGES_SUBDIR}/{content_hash[:2]}/{content_hash}.png"
-
-
-def display_path(settings: Settings, content_hash: str) -> Path:
-    return files_root(settings) / display_relpath(content_hash)
-
-
 def image_url(relpath: str) -> str:
     """The task's ``image`` value: Label Studio's local-files URL of a path below files_root()."""
     return LOCAL_FILES_URL + quote(relpath, safe="/")
@@ -120,32 +108,12 @@ def local_path(settings: Settings, url: str) -> Path:
     return path
 
 
-def render_display(pixels: np.ndarray) -> np.ndarray:
-    """The picture a radiologist reads: foreground-aware HE at full resolution, 8 bits."""
-    from imaging.enhance import enhance
-
-    return np.rint(enhance(pixels, "fhe") * 255.0).astype(np.uint8)
-
-
-def write_display_image(settings: Settings, content_hash: str, store_relpath: str) -> bool:
-    """Write the display rendition unless it exists; True if it was written now."""
-    path = display_path(settings, content_hash)
-    if path.exists():
-        return False
-    ok, buf = cv2.imencode(".png", render_display(load_pixels(settings, store_relpath)),
-                           [cv2.IMWRITE_PNG_COMPRESSION, 3])
-    if not ok:
-        raise OSError(f"PNG encoder failed for {content_hash}")
-    write_atomic(path, buf.tobytes())
-    return True
-
-
 # ----------------------------------------------------------------------------- vocabulary
 
 
 def region_names(db: Database) -> list[str]:
     with db.session() as s:
-        return list(s.scalars(select(Label.name).where(Label.kind == "region", Label.is_active.is_(True))
+        return list(s.scalars(select(Label.name).where(Label.kind == LabelKind.region, Label.is_active.is_(True))
                               .order_by(Label.sort_order, Label.id)))
 
 
@@ -156,18 +124,18 @@ def lesion_classes(db: Database, classes: str | Iterable[str] | None = None) -> 
     explicit = parse_classes(classes) or tuple(db.settings.lesion_classes)
     with db.session() as s:
         if not explicit:
-            names = tuple(s.scalars(select(Label.name).where(Label.kind == "lesion", Label.is_active.is_(True))
+            names = tuple(s.scalars(select(Label.name).where(Label.kind == LabelKind.lesion, Label.is_active.is_(True))
                                     .order_by(Label.sort_order, Label.id)))
             if not names:
                 raise LabelStudioError("the vocabulary has no active lesion label: pass --classes")
             return names
-        existing = set(s.scalars(select(Label.name).where(Label.kind == "lesion")))
-        order = s.scalar(select(func.max(Label.sort_order)).where(Label.kind == "lesion"))
+        existing = set(s.scalars(select(Label.name).where(Label.kind == LabelKind.lesion)))
+        order = s.scalar(select(func.max(Label.sort_order)).where(Label.kind == LabelKind.lesion))
         order = -1 if order is None else order
         for name in explicit:
             if name not in existing:
                 order += 1
-                s.add(Label(kind="lesion", name=name, sort_order=order))
+                s.add(Label(kind=LabelKind.lesion, name=name, sort_order=order))
     return explicit
 
 
@@ -441,7 +409,7 @@ def sync(db: Database, *, classes: str | Iterable[str] | None = None, ml_backend
         names = current
     config = labeling_config(names, region_names(db))
     project = ensure_project(conn, title, config, project=found)
-    storage_created = ensure_local_storage(conn, project.id, files_root(settings) / IMAGES_SUBDIR)
+    storage_created = ensure_local_storage(conn, project.id, files_root(settings) / DISPLAY_SUBDIR)
 
     present, tasks_before = project_tasks(conn, project.id)
     state = {"url": conn.url, "title": title, "project_id": project.id,

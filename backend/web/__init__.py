@@ -1,6 +1,6 @@
 """The cluster-naming web app (Flask application factory).
 
-One app per Settings: it opens its own :class:`~backend.db.Database`, signs sessions with a key
+One app per Settings: it opens its own :class:`~backend.database.session.Database`, signs sessions with a key
 derived from the installation secret (so restarts keep people logged in and two installations
 never accept each other's cookies), and protects every form and JSON POST with CSRF tokens
 (JS sends them in ``X-CSRFToken``). It assumes the schema is current: ``samx serve`` runs the
@@ -17,8 +17,9 @@ from flask_wtf.csrf import CSRFProtect
 from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntityTooLarge
 
 from backend.config import Settings
-from backend.db import Database
-from backend.decisions import DecisionError
+from backend.database.schema import DECIDABLE_CLUSTER_STATUSES, ClusterStatus, LabelSource, ModelStatus
+from backend.database.session import Database
+from backend.clusters.decisions import DecisionError
 from backend.web.common import json_error, wants_json
 
 log = logging.getLogger("samx.web")
@@ -58,6 +59,9 @@ def create_app(settings: Settings, *, testing: bool = False) -> Flask:
     app.before_request(auth.require_login_everywhere)
     for module in (auth, clusters, images, runs, sorter, vocabulary):
         app.register_blueprint(module.bp)
+    # Templates compare statuses with the schema's enums, not with string literals of their own.
+    app.jinja_env.globals.update(ClusterStatus=ClusterStatus, DECIDABLE_CLUSTER_STATUSES=DECIDABLE_CLUSTER_STATUSES,
+                                 LabelSource=LabelSource, ModelStatus=ModelStatus)
     _register_errors(app)
 
     @app.context_processor

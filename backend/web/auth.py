@@ -14,8 +14,8 @@ from flask import Blueprint, flash, redirect, render_template, request, session,
 from flask_login import LoginManager, UserMixin, current_user, login_user, logout_user
 from werkzeug.exceptions import Forbidden
 
-from backend.models import Role, User
-from backend.users import authenticate
+from backend.database.schema import Role, User
+from backend.database.users import authenticate
 from backend.web.common import get_db, json_error, wants_json
 
 bp = Blueprint("auth", __name__)

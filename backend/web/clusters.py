@@ -1,14 +1,14 @@
 """The overview of a run, the cluster page, and the JSON endpoints of the decisions.
 
-Pages only read; every change goes through :mod:`backend.decisions` via
+Pages only read; every change goes through :mod:`backend.clusters.decisions` via
 ``POST /api/clusters/<id>/<action>`` with the cluster ``version`` the page was rendered with."""
 from __future__ import annotations
 
 from flask import Blueprint, abort, jsonify, redirect, render_template, request, send_file, url_for
 from flask_login import current_user
 
-from backend import decisions
-from backend.models import Cluster, ClusterRun
+from backend.clusters import decisions
+from backend.database.schema import Cluster, ClusterRun, ClusterStatus, DecisionAction
 from backend.web import queries
 from backend.web.auth import requires
 from backend.web.common import get_db, get_settings, int_arg, json_body
@@ -78,10 +78,10 @@ def cluster_page(cluster_id: int):
             return redirect(url_for("clusters.cluster_page", cluster_id=cluster_id, page=pages))
         state = decisions.cluster_state(s, c)
         merged_into = None
-        if c.status == "merged" and (c.stats or {}).get("merged_into"):
+        if c.status == ClusterStatus.merged and (c.stats or {}).get("merged_into"):
             target = s.get(Cluster, c.stats["merged_into"])
             merged_into = {"id": target.id, "index": target.index} if target else None
-        parent = s.get(Cluster, c.parent_id) if c.parent_id else None
+        parent = c.parent
         return render_template(
             "cluster.html", cluster=state, members=members, total=total, page=page + 1, pages=pages,
             per_page=PER_PAGE, labels=[{"id": lab.id, "name": lab.name} for lab in queries.region_labels(s)],
@@ -116,21 +116,21 @@ def _version(body: dict):
 def _args(action: str, body: dict) -> dict:
     """JSON body -> keyword arguments of the decision (the service validates the values)."""
     args = {"version": _version(body)}
-    if action == "name":
+    if action == DecisionAction.name:
         if "label_id" not in body:
             abort(400, description="choose a label: 'label_id' is missing")
         args["label_id"] = body["label_id"]
-    elif action == "merge":
+    elif action == DecisionAction.merge:
         args["sources"] = body.get("sources")
         versions = body.get("source_versions") or {}
         if not isinstance(versions, dict):
             abort(400, description="'source_versions' must be an object {cluster id: version}")
         args["source_versions"] = versions
-    elif action == "split":
+    elif action == DecisionAction.split:
         if "k" not in body:
             abort(400, description="how many sub-clusters? 'k' is missing")
         args["k"] = body["k"]
-    elif action == "move":
+    elif action == DecisionAction.move:
         if "target" not in body:
             abort(400, description="move where? 'target' is missing (a label id, 'unlabeled' or 'discarded')")
         args["image_ids"] = body.get("image_ids")

@@ -10,7 +10,7 @@ from flask import Response, current_app, jsonify, request
 from werkzeug.exceptions import BadRequest
 
 from backend.config import Settings
-from backend.db import Database
+from backend.database.session import Database
 
 
 def get_db() -> Database:

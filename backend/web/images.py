@@ -1,6 +1,6 @@
 """Image serving: cached thumbnails, and full images windowed on the server.
 
-The stored pixels are 16-bit (see ``backend.image_store``); the browser only shows 8 bits, so
+The stored pixels are 16-bit (see ``backend.images.store``); the browser only shows 8 bits, so
 the viewer asks for a window (centre/width in stored 16-bit units, 0..65535) and the server maps
 that slice of the full dynamic range onto 0..255. Dragging in the viewer changes the window; a
 small LRU cache keeps the last images decoded so a drag does not re-read the PNG each time."""
@@ -13,8 +13,8 @@ import cv2
 import numpy as np
 from flask import Blueprint, Response, abort, render_template, request, send_file
 
-from backend.image_store import load_pixels
-from backend.review import image_sorter
+from backend.images.store import load_pixels
+from backend.sorter.review import image_sorter
 from backend.web import queries
 from backend.web.auth import requires
 from backend.web.common import float_arg, get_db, get_settings, int_arg

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from backend.config import Settings
-from backend.models import Cluster, ClusterMembership, Image
+from backend.database.schema import Cluster, ClusterMembership, Image
 from imaging.files import write_atomic
 
 TILE = 128

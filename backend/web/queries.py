@@ -13,9 +13,10 @@ from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
 from backend.config import Settings
-from backend.models import Cluster, ClusterMembership, ClusterRun, Image, Label, ModelVersion, User, WeakLabel
+from backend.database.schema import (HIDDEN_CLUSTER_STATUSES, Cluster, ClusterMembership, ClusterRun, ClusterStatus, Image, Label,
+                                     LabelKind, ModelVersion, User, WeakLabel)
 
-HIDDEN = ("merged", "split")  # history, not cards
+HIDDEN = HIDDEN_CLUSTER_STATUSES  # history, not cards
 SORTS = ("unnamed", "size", "uncertainty", "index")
 
 
@@ -23,7 +24,7 @@ SORTS = ("unnamed", "size", "uncertainty", "index")
 class Card:
     id: int
     index: int
-    status: str
+    status: ClusterStatus
     label: str | None
     size: int
     version: int
@@ -55,7 +56,7 @@ def sort_cards(cards: list[Card], sort: str) -> list[Card]:
     elif sort == "index":
         cards.sort(key=lambda c: c.index)
     else:  # unnamed first, biggest first: the most labels per click
-        cards.sort(key=lambda c: (c.status != "open", -c.size, c.index))
+        cards.sort(key=lambda c: (c.status != ClusterStatus.open, -c.size, c.index))
     return cards
 
 
@@ -108,13 +109,13 @@ def run_clusters(s: Session, run_id: int, exclude: int | None = None) -> list[di
 def children_of(s: Session, cluster_id: int) -> list[dict]:
     rows = s.execute(select(Cluster.id, Cluster.index, Cluster.status, Label.name, Cluster.size)
                      .outerjoin(Label, Label.id == Cluster.label_id)
-                     .where(Cluster.parent_id == cluster_id, Cluster.status != "merged").order_by(Cluster.index))
+                     .where(Cluster.parent_id == cluster_id, Cluster.status != ClusterStatus.merged).order_by(Cluster.index))
     return [{"id": cid, "index": index, "status": status, "label": name, "size": size}
             for cid, index, status, name, size in rows]
 
 
 def region_labels(s: Session, active_only: bool = True) -> list[Label]:
-    q = select(Label).where(Label.kind == "region")
+    q = select(Label).where(Label.kind == LabelKind.region)
     if active_only:
         q = q.where(Label.is_active.is_(True))
     return list(s.scalars(q.order_by(Label.sort_order, Label.name)))
@@ -123,7 +124,7 @@ def region_labels(s: Session, active_only: bool = True) -> list[Label]:
 def umap_points(settings: Settings, s: Session, run_id: int) -> dict[str, Any]:
     """The run's 2-D map, compact: coordinates scaled to integers 0..4095, the position of each
     point's CURRENT cluster in ``clusters`` (merges and splits recolour the map), image ids."""
-    from backend.run_artifacts import run_dir
+    from backend.clusters.arrays import run_dir
 
     with np.load(run_dir(settings, run_id) / "arrays.npz") as z:  # only these two members are read
         image_ids, xy = z["image_ids"], z["umap"].astype(np.float64)

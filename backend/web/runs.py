@@ -8,14 +8,14 @@ from flask import Blueprint, abort, flash, jsonify, redirect, render_template, r
 from flask_login import current_user
 from sqlalchemy import func, select
 
-from backend.jobs.runner import JobFailed, enqueue
-from backend.models import Cluster, ClusterRun, Job
+from backend.jobs.context import JobFailed
+from backend.jobs.runner import enqueue
+from backend.database.schema import HIDDEN_CLUSTER_STATUSES, Cluster, ClusterRun, ClusterStatus, Job, JobKind
 from backend.web.auth import requires
 from backend.web.common import get_db
 
 bp = Blueprint("runs", __name__)
 
-JOB_KIND = "cluster"
 K_RANGE = (2, 100_000)
 EPOCHS_RANGE = (1, 1000)
 
@@ -32,11 +32,11 @@ def job_json(job: Job) -> dict:
 def runs_page():
     with get_db().session() as s:
         runs = s.scalars(select(ClusterRun).order_by(ClusterRun.id.desc()).limit(100)).all()
-        counts = dict(s.execute(select(Cluster.run_id, func.count()).where(Cluster.status.not_in(("merged", "split")))
+        counts = dict(s.execute(select(Cluster.run_id, func.count()).where(Cluster.status.not_in(HIDDEN_CLUSTER_STATUSES))
                                 .group_by(Cluster.run_id)).all())
-        named = dict(s.execute(select(Cluster.run_id, func.count()).where(Cluster.status.in_(("named", "discarded")))
+        named = dict(s.execute(select(Cluster.run_id, func.count()).where(Cluster.status.in_((ClusterStatus.named, ClusterStatus.discarded)))
                                .group_by(Cluster.run_id)).all())
-        jobs = s.scalars(select(Job).where(Job.kind == JOB_KIND).order_by(Job.id.desc()).limit(20)).all()
+        jobs = s.scalars(select(Job).where(Job.kind == JobKind.cluster).order_by(Job.id.desc()).limit(20)).all()
     return render_template("runs.html", runs=runs, counts=counts, named=named, jobs=jobs,
                            watch=request.args.get("job", type=int), can_start=current_user.can("decide"),
                            k_range=K_RANGE, epochs_range=EPOCHS_RANGE)
@@ -65,7 +65,7 @@ def start_run():
         flash(str(exc), "error")
         return redirect(url_for("runs.runs_page"), code=303)
     try:
-        job = enqueue(get_db(), JOB_KIND, params)
+        job = enqueue(get_db(), JobKind.cluster, params)
     except JobFailed as exc:  # e.g. no handler for "cluster" installed in this version
         flash(f"Could not start clustering: {exc}", "error")
         return redirect(url_for("runs.runs_page"), code=303)

@@ -1,9 +1,9 @@
 """The sorter in the web app: the review queue, label corrections, the model versions page,
 Grad-CAM overlays and similar cases.
 
-Pages only read; a correction goes through :func:`backend.review.correct_label` (JSON POST with
+Pages only read; a correction goes through :func:`backend.sorter.review.correct_label` (JSON POST with
 the weak label the page showed), and each successful one may queue a retrain
-(:func:`backend.sorter_retrain.maybe_retrain`), so corrections flow back into the model."""
+(:func:`backend.sorter.retrain.maybe_retrain`), so corrections flow back into the model."""
 from __future__ import annotations
 
 from functools import lru_cache
@@ -13,12 +13,13 @@ from flask import Blueprint, Response, abort, flash, jsonify, redirect, render_t
 from flask_login import current_user
 from sqlalchemy import select
 
-from backend import review
-from backend.decisions import NotFound
-from backend.jobs.runner import JobFailed, enqueue
-from backend.models import Image, Job, ModelVersion
-from backend.sorter_retrain import JOB_KIND, changed_labels, maybe_retrain
-from backend.sorter_store import KIND, active_version, version_dir
+from backend.sorter import review
+from backend.clusters.decisions import NotFound
+from backend.jobs.context import JobFailed
+from backend.jobs.runner import enqueue
+from backend.database.schema import Image, Job, JobKind, ModelKind, ModelVersion
+from backend.sorter.retrain import changed_labels, maybe_retrain
+from backend.sorter.store import active_version, version_dir
 from backend.web import queries
 from backend.web.auth import requires
 from backend.web.common import get_db, get_settings, int_arg, json_body
@@ -76,10 +77,10 @@ def set_label(image_id: int):
 def models_page():
     settings = get_settings()
     with get_db().session() as s:
-        versions = s.scalars(select(ModelVersion).where(ModelVersion.kind == KIND)
+        versions = s.scalars(select(ModelVersion).where(ModelVersion.kind == ModelKind.sorter)
                              .order_by(ModelVersion.id.desc()).limit(200)).all()
         changed = changed_labels(s)
-        jobs = s.scalars(select(Job).where(Job.kind == JOB_KIND).order_by(Job.id.desc()).limit(10)).all()
+        jobs = s.scalars(select(Job).where(Job.kind == JobKind.train_sorter).order_by(Job.id.desc()).limit(10)).all()
         reports = {mv.id for mv in versions if (version_dir(settings, mv.version) / "report.html").is_file()}
     return render_template("models.html", versions=versions, changed=changed, threshold=settings.sorter_retrain_after,
                            jobs=jobs, reports=reports, can_retrain=current_user.can("decide"))
@@ -89,7 +90,7 @@ def models_page():
 @requires("decide")
 def retrain():
     try:
-        job = enqueue(get_db(), JOB_KIND, {"reason": f"retrain requested by {current_user.username}"})
+        job = enqueue(get_db(), JobKind.train_sorter, {"reason": f"retrain requested by {current_user.username}"})
     except JobFailed as exc:
         flash(f"Could not start training: {exc}", "error")
         return redirect(url_for("sorter.models_page"), code=303)
@@ -103,7 +104,7 @@ def report(mv_id: int):
     """The version's own report; the path comes from the database row, never from the request."""
     with get_db().session() as s:
         mv = s.get(ModelVersion, mv_id)
-        if mv is None or mv.kind != KIND:
+        if mv is None or mv.kind != ModelKind.sorter:
             abort(404, description=f"there is no sorter version {mv_id}")
         path = version_dir(get_settings(), mv.version) / "report.html"
     if not path.is_file():
@@ -118,7 +119,7 @@ def report(mv_id: int):
 @lru_cache(maxsize=64)
 def _overlay_png(settings, mv_id: int, mv_path: str, image_id: int, target: str | None) -> tuple[bytes, str]:
     """PNG bytes and class of one overlay; keyed by version path so a new model never serves an old map."""
-    from clustering.gradcam import gradcam, overlay
+    from clustering.sorter.gradcam import gradcam, overlay
 
     with get_db().session() as s:
         mv, img = s.get(ModelVersion, mv_id), s.get(Image, image_id)

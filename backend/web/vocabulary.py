@@ -8,14 +8,13 @@ from flask import Blueprint, abort, flash, redirect, render_template, request, u
 from flask_login import current_user
 from sqlalchemy import func, select
 
-from backend.models import Label, WeakLabel
+from backend.database.schema import Label, LabelKind, WeakLabel
 from backend.web import queries
 from backend.web.auth import requires
 from backend.web.common import get_db
 
 bp = Blueprint("vocabulary", __name__)
 
-KIND = "region"
 MAX_NAME = 128
 
 
@@ -39,7 +38,7 @@ def vocabulary_page():
 
 
 def _taken(s, name: str, except_id: int | None = None) -> bool:
-    q = select(Label.id).where(Label.kind == KIND, Label.name == name)
+    q = select(Label.id).where(Label.kind == LabelKind.region, Label.name == name)
     if except_id is not None:
         q = q.where(Label.id != except_id)
     return s.scalar(q) is not None
@@ -57,8 +56,8 @@ def add_label():
         if _taken(s, name):
             flash(f"'{name}' is already in the vocabulary", "error")
             return redirect(url_for("vocabulary.vocabulary_page"), code=303)
-        order = (s.scalar(select(func.max(Label.sort_order)).where(Label.kind == KIND)) or 0) + 1
-        s.add(Label(kind=KIND, name=name, description=(request.form.get("description") or "").strip() or None,
+        order = (s.scalar(select(func.max(Label.sort_order)).where(Label.kind == LabelKind.region)) or 0) + 1
+        s.add(Label(kind=LabelKind.region, name=name, description=(request.form.get("description") or "").strip() or None,
                     sort_order=order))
     flash(f"Added '{name}'.", "info")
     return redirect(url_for("vocabulary.vocabulary_page"), code=303)
@@ -69,7 +68,7 @@ def add_label():
 def edit_label(label_id: int):
     with get_db().session() as s:
         label = s.get(Label, label_id)
-        if label is None or label.kind != KIND:
+        if label is None or label.kind != LabelKind.region:
             abort(404, description=f"there is no region label {label_id}")
         try:
             name = _clean_name(request.form.get("name", label.name))

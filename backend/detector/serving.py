@@ -1,0 +1,134 @@
+"""What the ML backend (ml_backend.service) reads and writes in samx's database and files, and
+``samx ml-backend`` itself: the service wired to them, under werkzeug or gunicorn."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+
+from backend.config import Settings
+from backend.database.schema import Image, ImageStatus, ModelVersion
+from backend.database.session import Database
+from backend.detector.retrain import maybe_retrain
+from backend.detector.store import KIND as DETECTOR
+from backend.detector.store import active_version, load_version
+from backend.images.store import load_pixels
+from backend.images.tensors import tensor_cache
+from backend.labelstudio.annotations import DELETE_ACTIONS, UPSERT_ACTIONS, apply_event
+from backend.labelstudio.sync import local_path
+from backend.sorter.predictions import predicted_regions
+from backend.sorter.retrain import maybe_retrain as maybe_retrain_sorter
+from ml_backend.auth import credentials
+from ml_backend.models.bundle import DetectorVersion
+from ml_backend.service import SamxBackend, StoredImage
+
+log = logging.getLogger("samx.ml_backend")
+
+START_TRAINING = "START_TRAINING"
+
+
+class DatabaseStore:
+    """ml_backend.service.Store over samx's database, image store and Label Studio files."""
+
+    def __init__(self, settings: Settings, db: Database):
+        self.settings, self.db = settings, db
+        self.min_score = settings.detector_min_score
+
+    def _stored(self, img: Image) -> StoredImage:
+        store_path = img.store_path
+        return StoredImage(img.id, int(img.columns or 0), int(img.rows or 0), img.content_hash,
+                           lambda: load_pixels(self.settings, store_path))
+
+    def image(self, image_id: int) -> StoredImage | None:
+        with self.db.session() as s:
+            img = s.get(Image, image_id)
+            if img is None or img.status != ImageStatus.imported or not img.store_path:
+                return None
+            return self._stored(img)
+
+    def image_of_file(self, path: Path) -> StoredImage | None:
+        with self.db.session() as s:  # display renditions are named by the content hash
+            img = s.scalar(select(Image).where(Image.content_hash == path.stem, Image.status == ImageStatus.imported))
+            return self._stored(img) if img is not None and img.store_path else None
+
+    def local_file(self, url: str) -> Path:
+        return local_path(self.settings, url)
+
+    def model_input(self, image: StoredImage, model: DetectorVersion) -> np.ndarray:
+        return tensor_cache(self.settings, model.detector.config.input_recipe).get(image.content_hash, image.load)
+
+    def region(self, image_id: int) -> tuple[str, float] | None:
+        with self.db.session() as s:
+            return predicted_regions(s, [image_id]).get(image_id)
+
+    def latest_version(self) -> str | None:
+        with self.db.session() as s:
+            mv = active_version(s)
+            return mv.version if mv is not None and mv.path else None
+
+    def load_version(self, version: str) -> DetectorVersion:
+        return load_version(self.settings, version)
+
+    def versions(self) -> list[dict[str, Any]]:
+        with self.db.session() as s:
+            rows = s.scalars(select(ModelVersion).where(ModelVersion.kind == DETECTOR).order_by(ModelVersion.id.desc()))
+            return [{"version": mv.version, "status": mv.status, "created_at": mv.created_at.isoformat(),
+                     "metrics": mv.metrics} for mv in rows]
+
+    def is_event(self, action: str) -> bool:
+        return action in UPSERT_ACTIONS or action in DELETE_ACTIONS or action == START_TRAINING
+
+    def apply_event(self, action: str, payload: dict[str, Any]) -> None:
+        if action == START_TRAINING:
+            job = maybe_retrain(self.db, force_reason="Label Studio: START_TRAINING")
+        else:
+            res = apply_event(self.db, action, payload)
+            for err in res.errors:
+                log.warning("webhook %s: %s", action, err)
+            job = maybe_retrain(self.db) if res.upserted or res.deleted else None
+            sorter_job = maybe_retrain_sorter(self.db) if res.labels else None
+            if sorter_job is not None:
+                log.info("webhook %s: region choices changed labels, queued sorter training, job %d",
+                         action, sorter_job.id)
+        if job is not None:
+            log.info("webhook %s: queued detector training, job %d", action, job.id)
+
+
+def ml_backend(settings: Settings, db: Database, *, cache_images: int = 64) -> SamxBackend:
+    """The ML backend's application over this installation's data (not started)."""
+    return SamxBackend(DatabaseStore(settings, db), cache_images=cache_images)
+
+
+def serve(settings: Settings, host: str = "127.0.0.1", port: int = 9090, *, watch_every: float = 2.0,
+          server: str = "werkzeug", threads: int = 8) -> None:
+    """``samx ml-backend`` until Ctrl-C/SIGTERM. One process either way: the model slot, its
+    watcher and the webhook debounce live in it (``threads`` serve requests; gunicorn's gthread
+    worker in production)."""
+    from ml_backend.server import create_app
+
+    running: list[SamxBackend] = []
+
+    def build():
+        backend = ml_backend(settings, Database(settings)).start(watch_every)
+        running.append(backend)
+        log.info("ml backend on http://%s:%d serving %s", host, port, backend.model_version())
+        return create_app(backend, basic_auth=credentials(settings))
+
+    def stop():
+        while running:
+            running.pop().stop()
+
+    if server == "gunicorn":
+        from backend.web.production_server import run_gunicorn
+
+        run_gunicorn(build, host, port, workers=1, threads=threads, on_exit=stop)
+        return
+    from werkzeug.serving import run_simple
+
+    try:
+        run_simple(host, port, build(), threaded=True, use_reloader=False, use_debugger=False)
+    finally:
+        stop()
