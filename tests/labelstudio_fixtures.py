@@ -76,14 +76,14 @@ def ml_backend(label_studio, ls_db):
     from werkzeug.serving import make_server
 
     from ml_backend.auth import credentials
-    from backend.detector.serving import ml_backend
+    from backend.detector.serving import ml_backend_service
     from ml_backend.server import create_app
 
     settings, _ = label_studio
     # the loop as a test can afford it: retrain after 4 annotations, a small detector
     db = Database(dataclasses.replace(settings, detector_retrain_after=4, detector_epochs=8, detector_size=128,
                                       detector_min_score=0.0))  # a tiny detector's boxes score low: show them all
-    backend = ml_backend(db.settings, db).start(watch_every=0.5)
+    backend = ml_backend_service(db.settings, db).start(watch_every=0.5)
     httpd = make_server("127.0.0.1", free_port(), create_app(backend, basic_auth=credentials(settings)), threaded=True)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()

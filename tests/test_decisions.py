@@ -8,6 +8,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm.exc import StaleDataError
 
 from backend.clusters import decisions
+from backend.clusters import payloads
 from backend.clusters.decisions import Conflict, DecisionError, Forbidden, NotFound, decide
 from backend.database.schema import (
     Cluster,
@@ -613,19 +614,19 @@ def test_undo_of_merge_and_split_payloads_written_by_the_old_code(world):
 def test_payload_classes_round_trip_the_old_json():
     old = {"before": {"7": {"status": "named", "label_id": 3, "size": 2}},
            "moved": {"8": [11, 12]}, "labels": [[11, None, 40], [12, 30, 41]], "kept_manual": 1, "sources": [8]}
-    p = decisions.MergePayload.from_json(old)
-    assert p.before[7] == decisions.ClusterState(ClusterStatus.named, 3, 2)
-    assert p.labels[1] == decisions.LabelChange(12, 30, 41) and p.moved == {8: [11, 12]}
+    p = payloads.MergePayload.from_json(old)
+    assert p.before[7] == payloads.ClusterState(ClusterStatus.named, 3, 2)
+    assert p.labels[1] == payloads.LabelChange(12, 30, 41) and p.moved == {8: [11, 12]}
     assert p.to_json() == old
     split = {"before": {"9": {"status": "open", "label_id": None, "size": 3}}, "k": 2, "seed": 9,
              "children": [20, 21], "members": [[1, 11, 0.5], [2, 12, None]]}
-    assert decisions.SplitPayload.from_json(split).to_json() == split
-    assert decisions.SplitPayload.from_json(split).labels == []
+    assert payloads.SplitPayload.from_json(split).to_json() == split
+    assert payloads.SplitPayload.from_json(split).labels == []
     undo = {"undid": 5, "action": "merge", "skipped_images": [3]}
-    assert decisions.UndoPayload.from_json(undo).to_json() == undo
+    assert payloads.UndoPayload.from_json(undo).to_json() == undo
     move = {"before": {"9": {"status": "named", "label_id": 2, "size": 3}}, "labels": [[11, 40, None]],
             "target": "unlabeled"}
-    assert decisions.MovePayload.from_json(move).to_json() == move
+    assert payloads.MovePayload.from_json(move).to_json() == move
 
 
 def test_each_decision_and_its_undo_bump_every_touched_cluster_once(world):

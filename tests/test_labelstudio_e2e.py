@@ -48,7 +48,7 @@ def loop(label_studio, ls_db, ls_phantoms, ml_backend):
     """The loop, run once for this module's tests; asserts each step as it goes."""
     settings, _ = label_studio
     url, backend = ml_backend
-    db = backend.database.session  # the backend's settings: retrain after 4 annotations, small CPU training
+    db = backend.store.db  # the backend's settings: retrain after 4 annotations, small CPU training
     ph, truth = ls_phantoms
 
     result = sync(db, ml_backend_url=url)

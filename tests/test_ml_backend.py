@@ -29,7 +29,7 @@ from backend.jobs import enqueue, reap_stale
 from backend.labelstudio.annotations import apply_event
 from ml_backend.labeling_config import IMAGE_TO_NAME, LESION_FROM_NAME
 from backend.labelstudio.process import files_root
-from backend.detector.serving import ml_backend
+from backend.detector.serving import ml_backend_service
 from ml_backend.auth import credentials
 from ml_backend.service import NO_MODEL
 from backend.database.schema import Annotation, Box, Image, Job, JobStatus, ModelVersion
@@ -210,7 +210,7 @@ def test_train_detector_job_stores_a_version_and_ranks_the_unlabelled(world, tra
 
 @pytest.fixture(scope="module")
 def client(world, trained):
-    backend = ml_backend(world["settings"], world["db"])
+    backend = ml_backend_service(world["settings"], world["db"])
     backend.slot.refresh()
     app = create_app(backend, basic_auth=credentials(world["settings"]))
     user, password = credentials(world["settings"])
@@ -387,7 +387,7 @@ def test_worker_killed_mid_training_leaves_the_old_model_serving(world, client, 
 
 
 def test_no_model_yet_still_answers_with_a_stable_version(world):
-    backend = ml_backend(world["settings"], world["db"])
+    backend = ml_backend_service(world["settings"], world["db"])
     assert backend.model_version() == NO_MODEL  # nothing loaded before start()/refresh()
     res = backend.predict_task({"id": 1, "data": {"samx_image_id": world["images"][0]["id"]}})
     assert res == {"result": [], "score": 0.0, "model_version": NO_MODEL}

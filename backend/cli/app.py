@@ -9,7 +9,9 @@ import sys
 import click
 
 from backend.config import Settings
+from backend.database.schema import JobKind
 from backend.database.session import Database
+from backend.jobs.params import JobParams
 
 
 def _setup_logging(settings: Settings) -> None:
@@ -79,9 +81,9 @@ def safe_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def run_job(db: Database, kind: str, params: dict, background: bool, unit: str) -> dict | None:
-    """Queue the job for `samx worker` (None), or run it here with a progress bar: its result,
-    or a clear error."""
+def run_job(db: Database, kind: JobKind, params: JobParams, background: bool, unit: str) -> dict | None:
+    """Queue the job for `samx worker` (None), or run it here with a progress bar: its result's
+    JSON (the kind's result class reads it), or a clear error."""
     from backend.jobs import enqueue, execute
     from backend.jobs.progress_bar import progress_bar
     from backend.database.schema import JobStatus

@@ -7,6 +7,8 @@ import click
 
 from backend.config import Settings
 from backend.cli.app import csv_list, main, open_db, pass_settings, run_job
+from backend.database.schema import JobKind
+from backend.jobs.params import ExportParams, ExportResult, ImportParams, ImportResult
 
 
 @main.command()
@@ -37,21 +39,23 @@ def export(settings: Settings, fmt: str, out: str, sources: str, min_score: floa
     Boxes are in pixels of the original image; image-level labels go to image_labels.csv;
     manifest.json and SHA256SUMS describe and check the result. Same data, same bytes."""
     db = open_db(settings)
-    params = {"format": fmt, "out": str(Path(out).resolve()), "sources": csv_list(sources), "min_score": min_score,
-              "regions": csv_list(regions), "run_id": run_id, "model_version": model_version, "split": split,
-              "seed": seed, "images": images_mode, "image_format": image_format, "force": force}
-    r = run_job(db, "export", params, background, unit="image")
-    if r is None:
+    params = ExportParams(format=fmt, out=str(Path(out).resolve()), sources=tuple(csv_list(sources)),
+                          min_score=min_score, regions=tuple(csv_list(regions)), run_id=run_id,
+                          model_version=model_version, split=split, seed=seed, images=images_mode,
+                          image_format=image_format, force=force)
+    done = run_job(db, JobKind.export, params, background, unit="image")
+    if done is None:
         return
-    click.echo(f"{r['format']}: {r['images']} images, {r['boxes']} boxes "
-               f"({r['images_without_boxes']} images without boxes) -> {r['out']}")
-    for name, c in r["splits"].items():
+    r = ExportResult.from_json(done)
+    click.echo(f"{r.format}: {r.images} images, {r.boxes} boxes ({r.images_without_boxes} images without boxes) "
+               f"-> {r.out}")
+    for name, c in r.splits.items():
         click.echo(f"  {name:<5} {c['images']:>7} images {c['boxes']:>7} boxes {c['groups']:>6} patients/studies")
-    if r["clipped_boxes"] or r["dropped_boxes"]:
-        click.echo(f"  {r['clipped_boxes']} boxes clipped to the image, {r['dropped_boxes']} outside it left out")
-    if r["discarded_images_left_out"]:
-        click.echo(f"  {r['discarded_images_left_out']} discarded (not MSK) images left out")
-    click.echo(f"checksum {r['checksum']} (verify: cd {r['out']} && sha256sum -c SHA256SUMS)")
+    if r.clipped_boxes or r.dropped_boxes:
+        click.echo(f"  {r.clipped_boxes} boxes clipped to the image, {r.dropped_boxes} outside it left out")
+    if r.discarded_images_left_out:
+        click.echo(f"  {r.discarded_images_left_out} discarded (not MSK) images left out")
+    click.echo(f"checksum {r.checksum} (verify: cd {r.out} && sha256sum -c SHA256SUMS)")
 
 
 @main.command("import")
@@ -68,15 +72,16 @@ def import_(settings: Settings, fmt: str, path: str, image_dir: str | None, back
     Images are ingested like any other (de-identified, deduplicated); boxes are stored with
     source "imported" and seed the detector. Importing the same dataset twice adds nothing."""
     db = open_db(settings)
-    params = {"format": fmt, "path": str(Path(path).resolve()),
-              "image_dir": str(Path(image_dir).resolve()) if image_dir else None}
-    r = run_job(db, "import", params, background, unit="image")
-    if r is None:
+    params = ImportParams(format=fmt, path=str(Path(path).resolve()),
+                          image_dir=str(Path(image_dir).resolve()) if image_dir else None)
+    done = run_job(db, JobKind.import_, params, background, unit="image")
+    if done is None:
         return
-    click.echo(f"{r['images']} images ({r['matched']} already in samx, {r['ingested']} ingested, "
-               f"{r['failed']} failed): {r['boxes_added']} boxes added, {r['boxes_present']} already present; "
-               f"{r['labels_added']} image labels added")
-    for problem in r["problems"][:20]:
+    r = ImportResult.from_json(done)
+    click.echo(f"{r.images} images ({r.matched} already in samx, {r.ingested} ingested, "
+               f"{r.failed} failed): {r.boxes_added} boxes added, {r.boxes_present} already present; "
+               f"{r.labels_added} image labels added")
+    for problem in r.problems[:20]:
         click.echo(f"  {problem}")
-    if len(r["problems"]) > 20:
-        click.echo(f"  ... {len(r['problems']) - 20} more in `samx jobs show {r['job_id']}`")
+    if len(r.problems) > 20:
+        click.echo(f"  ... {len(r.problems) - 20} more in `samx jobs show {r.job_id}`")

@@ -11,6 +11,8 @@ from tqdm import tqdm
 
 from backend.config import Settings
 from backend.cli.app import main, open_db, pass_settings, run_job
+from backend.database.schema import JobKind
+from backend.jobs.params import IngestParams, IngestResult
 
 
 @main.command()
@@ -55,19 +57,20 @@ def ingest(settings: Settings, paths: tuple[str, ...], report: str | None, voi: 
     an interrupted run can simply be started again.
     """
     db = open_db(settings)
-    params = {"paths": [str(Path(p).resolve()) for p in paths], "voi": voi, "workers": workers,
-              "report": str(Path(report).resolve()) if report else None}
-    r = run_job(db, "ingest", params, background, unit="file")
-    if r is None:
+    params = IngestParams(paths=tuple(str(Path(p).resolve()) for p in paths), voi=voi, workers=workers,
+                          report=str(Path(report).resolve()) if report else None)
+    out = run_job(db, JobKind.ingest, params, background, unit="file")
+    if out is None:
         return
-    click.echo(f"{r['files']} files in {r['seconds']:.1f} s ({r['files_per_second']:.1f}/s): "
-               f"{r['imported']} imported, {r['duplicate']} duplicates, {r['rejected']} rejected")
-    for code, count in sorted(r["rejected_by_reason"].items(), key=lambda kv: -kv[1]):
+    r = IngestResult.from_json(out)
+    click.echo(f"{r.files} files in {r.seconds:.1f} s ({r.files_per_second:.1f}/s): "
+               f"{r.imported} imported, {r.duplicate} duplicates, {r.rejected} rejected")
+    for code, count in sorted(r.rejected_by_reason.items(), key=lambda kv: -kv[1]):
         click.echo(f"  rejected {count:>6}  {code}")
-    if r["rejected"]:
+    if r.rejected:
         click.echo("  (`samx images --rejected` lists them with reasons)")
-    if r.get("sorter_predictions"):
-        click.echo(f"the active sorter predicted the region of {r['sorter_predictions']} new images")
+    if r.sorter_predictions:
+        click.echo(f"the active sorter predicted the region of {r.sorter_predictions} new images")
     click.echo(f"data directory: {settings.data_dir}")
     if report:
         click.echo(f"report: {Path(report).resolve()}")

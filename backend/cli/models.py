@@ -9,6 +9,9 @@ from tqdm import tqdm
 
 from backend.config import Settings
 from backend.cli.app import main, open_db, pass_settings, run_job
+from backend.database.schema import JobKind
+from backend.jobs.params import (ClusterParams, ClusterResult, PredictParams, PredictResult, TrainDetectorParams,
+                                 TrainDetectorResult, TrainSorterParams, TrainSorterResult)
 
 
 @main.command()
@@ -26,12 +29,13 @@ def cluster(settings: Settings, k: int | None, epochs: int, size: int, width: in
 
     Checkpoints every epoch: `samx jobs retry ID` on a killed run resumes where it stopped."""
     db = open_db(settings)
-    params = {"k": k, "epochs": epochs, "size": size, "width": width, "arch": arch, "seed": seed}
-    r = run_job(db, "cluster", params, background, unit="%")
-    if r is None:
+    params = ClusterParams(size=size, config={"k": k, "epochs": epochs, "width": width, "arch": arch, "seed": seed})
+    out = run_job(db, JobKind.cluster, params, background, unit="%")
+    if out is None:
         return
-    click.echo(f"run {r['run_id']}: {r['images']} images in {r['k']} clusters, {r['seconds']:.0f} s; "
-               f"NMI between the last two epochs {r['nmi_consecutive'] or 0:.3f}")
+    r = ClusterResult.from_json(out)
+    click.echo(f"run {r.run_id}: {r.images} images in {r.k} clusters, {r.seconds:.0f} s; "
+               f"NMI between the last two epochs {r.nmi_consecutive or 0:.3f}")
     click.echo("name the clusters in the browser: `samx serve`")
 
 
@@ -68,20 +72,21 @@ def train_sorter(settings: Settings, epochs: int, folds: int, min_per_class: int
     if not 0 < coverage <= 1:
         raise click.BadParameter("must be in (0, 1]", param_hint="--coverage")
     db = open_db(settings)
-    params = {"epochs": epochs, "folds": folds, "min_per_class": min_per_class, "init": init,
-              "coverage": coverage, "seed": seed, "force": force, "clean": clean}
-    r = run_job(db, "train_sorter", params, background, unit="%")
-    if r is None:
+    params = TrainSorterParams(folds=folds, min_per_class=min_per_class, init=init, force=force, clean=clean,
+                               config={"epochs": epochs, "coverage": coverage, "seed": seed})
+    out = run_job(db, JobKind.train_sorter, params, background, unit="%")
+    if out is None:
         return
-    cv = f"; cross-validation top-1 {r['cv_top1']['mean']:.3f} ± {r['cv_top1']['sd']:.3f}, " \
-         f"top-2 {r['cv_top2']['mean']:.3f} ± {r['cv_top2']['sd']:.3f}" if r.get("cv_top1") else ""
-    click.echo(f"sorter {r['version']} on {r['images']} images, {len(r['classes'])} regions: validation top-1 "
-               f"{r['holdout_top1']:.3f}, top-2 {r['holdout_top2']:.3f}{cv}")
-    if r.get("left_out"):
-        click.echo(f"{r['left_out']} weak labels that cross-validation confidently contradicts were left out of "
+    r = TrainSorterResult.from_json(out)
+    cv = f"; cross-validation top-1 {r.cv_top1.mean:.3f} ± {r.cv_top1.sd:.3f}, " \
+         f"top-2 {r.cv_top2.mean:.3f} ± {r.cv_top2.sd:.3f}" if r.cv_top1 and r.cv_top2 else ""
+    click.echo(f"sorter {r.version} on {r.images} images, {len(r.classes)} regions: validation top-1 "
+               f"{r.holdout_top1:.3f}, top-2 {r.holdout_top2:.3f}{cv}")
+    if r.left_out:
+        click.echo(f"{r.left_out} weak labels that cross-validation confidently contradicts were left out of "
                    "training; see the review queue")
-    click.echo(f"{'active' if r['promoted'] else 'not activated'}: {r['reason']}")
-    click.echo(f"report: {settings.models_dir / 'sorter' / r['version'] / 'report.html'}")
+    click.echo(f"{'active' if r.promoted else 'not activated'}: {r.reason}")
+    click.echo(f"report: {settings.models_dir / 'sorter' / r.version / 'report.html'}")
 
 
 @train.command("detector")
@@ -107,15 +112,16 @@ def train_detector(settings: Settings, epochs: int | None, size: int | None, arc
     Youden's J there), stored as the active version; the ML backend swaps to it, and the
     unlabelled images are ranked for labeling (pushed to Label Studio when synced)."""
     db = open_db(settings)
-    params = {"epochs": epochs, "size": size, "arch": arch, "tile": tile, "batch_size": batch_size, "lr": lr,
-              "seed": seed, "warm_start": warm_start, "reason": "samx train detector"}
-    r = run_job(db, "train_detector", params, background, unit="%")
-    if r is None:
+    params = TrainDetectorParams(epochs=epochs, size=size, arch=arch, tile=tile, batch_size=batch_size, lr=lr,
+                                 seed=seed, warm_start=warm_start, reason="samx train detector")
+    out = run_job(db, JobKind.train_detector, params, background, unit="%")
+    if out is None:
         return
-    m = "n/a (no validation images yet)" if r.get("map50") is None else f"{r['map50']:.3f}"
-    start = f" (fine-tuned from {r['warm_start']})" if r.get("warm_start") else ""
-    click.echo(f"detector {r['version']}{start} on {r['images']} images ({r['validation_images']} for validation): "
-               f"mAP@0.5 {m}, fusion threshold {r['fusion_threshold']:.3f}; {r['ranked']} unlabelled images ranked")
+    r = TrainDetectorResult.from_json(out)
+    m = "n/a (no validation images yet)" if r.map50 is None else f"{r.map50:.3f}"
+    start = f" (fine-tuned from {r.warm_start})" if r.warm_start else ""
+    click.echo(f"detector {r.version}{start} on {r.images} images ({r.validation_images} for validation): "
+               f"mAP@0.5 {m}, fusion threshold {r.fusion_threshold:.3f}; {r.ranked} unlabelled images ranked")
 
 
 @main.command("eval")
@@ -157,9 +163,9 @@ def _ci(ci) -> str:
 @pass_settings
 def predict(settings: Settings, background: bool) -> None:
     """Sorter predictions for the imported images the active sorter has not seen yet."""
-    r = run_job(open_db(settings), "predict", {}, background, unit="%")
-    if r is not None:
-        click.echo(f"{r['predicted']} images predicted")
+    out = run_job(open_db(settings), JobKind.predict, PredictParams(), background, unit="%")
+    if out is not None:
+        click.echo(f"{PredictResult.from_json(out).predicted} images predicted")
 
 
 @main.command("sort")

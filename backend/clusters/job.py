@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict
 
 import numpy as np
 from sqlalchemy import select
 
 from backend.config import Settings
 from backend.jobs.context import JobContext, JobFailed
+from backend.jobs.params import ClusterParams, ClusterResult
 from backend.database.schema import (Cluster, ClusterMembership, ClusterRun, ClusterRunStatus, Image, ImageStatus, Label,
                                      ModelKind, ModelStatus, ModelVersion, WeakLabel)
 from backend.clusters.arrays import RunArrays, run_dir, save_arrays
@@ -22,8 +23,8 @@ from clustering.embedding_map import umap_2d
 from clustering.stats import cluster_stats, nmi, weighted_purity
 from training import distributed
 
-DEFAULTS = {"size": 64, "method": "fhe"}
-_CONFIG_KEYS = {f.name for f in fields(DeepClusterConfig)}
+#: What a run does where its parameters name nothing (k: default_k).
+DEFAULTS = ClusterParams(size=64, method="fhe")
 
 
 def default_k(n_images: int) -> int:
@@ -32,11 +33,9 @@ def default_k(n_images: int) -> int:
     return int(min(1000, max(min(10, n_images), round(n_images / 40))))
 
 
-def cluster_config(params: dict, n_images: int) -> DeepClusterConfig:
-    unknown = set(params) - _CONFIG_KEYS - set(DEFAULTS) - {"workers"}
-    if unknown:
-        raise JobFailed(f"unknown clustering parameter(s): {', '.join(sorted(unknown))}")
-    given = {k: v for k, v in params.items() if k in _CONFIG_KEYS and v is not None}
+def cluster_config(overrides: dict, n_images: int) -> DeepClusterConfig:
+    """``overrides``: DeepClusterConfig fields (ClusterParams.config; None: the default)."""
+    given = {k: v for k, v in overrides.items() if v is not None}
     given.setdefault("k", default_k(n_images))
     if not 2 <= int(given["k"]) <= n_images:
         raise JobFailed(f"k={given['k']} needs at least that many images; there are {n_images}")
@@ -57,16 +56,15 @@ def _start_run(ctx: JobContext, config: DeepClusterConfig, size: int, method: st
 
 def run_cluster_job(ctx: JobContext) -> dict:
     settings: Settings = ctx.settings
-    p = dict(ctx.params)
-    size, method = int(p.pop("size", DEFAULTS["size"])), p.pop("method", DEFAULTS["method"])
-    workers = p.pop("workers", None)
+    p = ClusterParams.from_json(ctx.params).over(DEFAULTS)
+    size, method, workers = int(p.size), p.method, p.workers
     with ctx.db.session() as s:
         rows = s.execute(select(Image.id, Image.content_hash, Image.store_path)
                          .where(Image.status == ImageStatus.imported, Image.store_path.is_not(None))
                          .order_by(Image.id)).all()
     if len(rows) < 2:
         raise JobFailed(f"clustering needs at least 2 imported images; there are {len(rows)}")
-    config = cluster_config(p, len(rows))
+    config = cluster_config(p.config, len(rows))
     run_id = _start_run(ctx, config, size, method)
     t0 = time.perf_counter()
 
@@ -89,8 +87,8 @@ def run_cluster_job(ctx: JobContext) -> dict:
     metrics["seconds"] = round(time.perf_counter() - t0, 1)
     _store(ctx, run_id, model, image_ids, stats, metrics, settings)
     ctx.progress(100, 100, "done", force=True)
-    return {"run_id": run_id, "images": len(rows), "k": config.k, "processes": distributed.world_size(),
-            **{k: v for k, v in metrics.items() if k != "history"}}
+    return ClusterResult(run_id=run_id, images=len(rows), k=config.k, processes=distributed.world_size(),
+                         **{k: v for k, v in metrics.items() if k != "history"}).to_json()
 
 
 def _known_labels(ctx: JobContext, image_ids: np.ndarray) -> np.ndarray | None:

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from backend.datasets.installation import installation_id
 from backend.jobs.context import JobContext, JobFailed
+from backend.jobs.params import ExportParams, ExportResult
 from backend.database.schema import (Box, BoxSource, ClusterMembership, Image, ImageStatus, Label, LabelKind, LabelSource,
                                      ModelKind, ModelVersion, WeakLabel)
 from exports.coco import CocoWriter
@@ -56,18 +57,17 @@ class ExportFilter:
     model_version_ids: set[int] = field(default_factory=set)
 
     @classmethod
-    def from_params(cls, p: dict) -> "ExportFilter":
-        sources = tuple(p.get("sources") or DEFAULT_SOURCES)
+    def from_params(cls, p: ExportParams) -> "ExportFilter":
+        sources = tuple(p.sources or DEFAULT_SOURCES)
         unknown = set(sources) - set(SOURCES)
         if unknown:
             raise JobFailed(f"unknown label source(s) {', '.join(sorted(unknown))}; use {', '.join(SOURCES)}")
-        score = float(p.get("min_score", 0.5))
+        score = float(p.min_score)
         if not 0.0 <= score <= 1.0:
             raise JobFailed(f"min_score must be within [0, 1], not {score}")
         # Canonical order: the same choice always gives the same manifest, byte for byte.
         return cls(sources=tuple(s for s in SOURCES if s in sources), min_score=score,
-                   regions=tuple(sorted(set(p.get("regions") or ()))),
-                   run_id=p.get("run_id"), model_version=p.get("model_version"))
+                   regions=tuple(sorted(set(p.regions or ()))), run_id=p.run_id, model_version=p.model_version)
 
     def label_sources(self) -> set[LabelSource]:
         return set().union(*(SOURCES[s][0] for s in self.sources))
@@ -194,26 +194,26 @@ def _chunks(items: Sequence, n: int) -> Iterator[Sequence]:
 
 
 def run_export_job(ctx: JobContext) -> dict:
-    p = ctx.params
-    fmt = p.get("format")
+    p = ExportParams.from_json(ctx.params)
+    fmt = p.format
     if fmt not in WRITERS:
         raise JobFailed(f"format must be one of {', '.join(WRITERS)}, not {fmt!r}")
-    out = Path(p["out"]).resolve()
-    _refuse_taken(out, bool(p.get("force")))
-    image_format = p.get("image_format") or DEFAULT_IMAGE_FORMAT[fmt]
+    out = Path(p.out).resolve()
+    _refuse_taken(out, bool(p.force))
+    image_format = p.image_format or DEFAULT_IMAGE_FORMAT[fmt]
     if image_format not in IMAGE_FORMATS:
         raise JobFailed(f"image format must be one of {', '.join(IMAGE_FORMATS)}, not {image_format!r}")
-    images_mode = p.get("images", "copy")
+    images_mode = p.images
     if images_mode not in ("copy", "link", "none"):
         raise JobFailed(f"images must be copy, link or none, not {images_mode!r}")
     try:
-        fractions = parse_fractions(p.get("split", "0.8,0.1,0.1"))
+        fractions = parse_fractions(p.split)
     except ValueError as exc:
         raise JobFailed(str(exc)) from None
     if fmt == "voc" and image_format != "jpg":
         raise JobFailed("Pascal VOC images are JPEG (JPEGImages/<id>.jpg); use COCO or YOLO for 16-bit PNG")
     f = ExportFilter.from_params(p)
-    seed = int(p.get("seed", 0))
+    seed = int(p.seed)
 
     with ctx.db.session() as s:
         _resolve_model_version(s, f)
@@ -281,9 +281,9 @@ def run_export_job(ctx: JobContext) -> dict:
             "categories": [{"id": c.id, "name": c.name} for c in cats],
             "counts": {**counts, "discarded_images_left_out": discarded}, "splits": per_split,
         })
-        _publish(tmp, out, bool(p.get("force")))
+        _publish(tmp, out, bool(p.force))
     except BaseException:  # a failed or cancelled export leaves nothing behind
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return {"out": str(out), "format": fmt, "checksum": manifest["checksum"], **manifest["counts"],
-            "splits": per_split}
+    return ExportResult(out=str(out), format=fmt, checksum=manifest["checksum"], **manifest["counts"],
+                        splits=per_split).to_json()

@@ -8,7 +8,7 @@ and a radiologist's manual label is never replaced, which makes a re-import a no
 export -> import -> export byte-identical."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -19,6 +19,7 @@ from backend.database.session import current_label, label_id, supersede_label
 from backend.datasets.installation import installation_id
 from backend.images.ingest import ingest_paths
 from backend.jobs.context import JobContext, JobFailed
+from backend.jobs.params import ImportParams, ImportResult
 from backend.database.schema import Box, BoxSource, Image, ImageStatus, LabelKind, LabelSource, WeakLabel
 from exports import voc
 from exports.coco import read_coco
@@ -141,7 +142,8 @@ def _store_image(s: Session, fmt: str, image: Image, rec: ReadImage, labels: dic
 
 
 def import_dataset(ctx: JobContext, fmt: str, path: Path, image_dir: Path | None,
-                   progress: Callable[[int, int, str], None] | None = None) -> ImportSummary:
+                   progress: Callable[[int, int, str], None] | None = None,
+                   workers: int | None = None) -> ImportSummary:
     try:
         root, images = read_dataset(fmt, path, image_dir)
     except DatasetError as exc:
@@ -155,7 +157,7 @@ def import_dataset(ctx: JobContext, fmt: str, path: Path, image_dir: Path | None
     if unknown:
         with ctx.db.session() as s:
             last_id = s.scalar(select(func.max(Image.id))) or 0
-        ingest = ingest_paths(ctx.db, unknown, workers=ctx.params.get("workers"),
+        ingest = ingest_paths(ctx.db, unknown, workers=workers,
                               progress=lambda d, n, m: report(d, total, f"ingesting {d}/{n}"))
         known.update(ingest.image_ids)
         new_ids = {i for i in ingest.image_ids.values() if i > last_id}  # the rest were in samx already
@@ -186,8 +188,8 @@ def import_dataset(ctx: JobContext, fmt: str, path: Path, image_dir: Path | None
 
 
 def run_import_job(ctx: JobContext) -> dict:
-    p = ctx.params
-    summary = import_dataset(ctx, p.get("format"), Path(p["path"]), Path(p["image_dir"]) if p.get("image_dir") else None,
-                             progress=lambda d, n, m: ctx.progress(d, n, m))
-    return {**summary.__dict__, "job_id": ctx.job_id}
+    p = ImportParams.from_json(ctx.params)
+    summary = import_dataset(ctx, p.format, Path(p.path), Path(p.image_dir) if p.image_dir else None,
+                             progress=lambda d, n, m: ctx.progress(d, n, m), workers=p.workers)
+    return ImportResult(**asdict(summary), job_id=ctx.job_id).to_json()
 

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 from sqlalchemy import func, select
@@ -27,11 +28,14 @@ from sqlalchemy import func, select
 from backend.config import Settings
 from backend.database.session import Database
 from backend.jobs import enqueue, execute
+from backend.jobs.params import (ClusterParams, ClusterResult, ImportParams, ImportResult, JobParams, JobResult,
+                                 TrainDetectorParams, TrainDetectorResult, TrainSorterParams, TrainSorterResult)
 from backend.jobs.progress_bar import progress_bar
-from backend.database.schema import (Box, Cluster, ClusterDecision, ClusterRun, ClusterRunStatus, JobKind, JobStatus, ModelKind,
+from backend.database.schema import (Box, Cluster, ClusterDecision, ClusterRun, ClusterRunStatus, JobStatus, ModelKind,
                                      ModelStatus, ModelVersion, Role, User)
 
 Echo = Callable[[str], None]
+R = TypeVar("R", bound=JobResult)
 
 
 @dataclass(frozen=True)
@@ -47,12 +51,13 @@ class DemoOptions:
     label_studio: bool = True
 
 
-def _job(db: Database, kind: JobKind, params: dict, echo: Echo) -> dict:
+def _job(db: Database, params: JobParams, result: type[R], echo: Echo) -> R:
+    kind = params.kind
     with progress_bar(kind) as on_progress:
         job = execute(db, enqueue(db, kind, params, send=False).id, on_progress=on_progress)
     if job.status != JobStatus.succeeded:
         raise RuntimeError(f"the {kind} job failed: {job.error}")
-    return job.result or {}
+    return result.from_json(job.result)
 
 
 def _phantoms(settings: Settings, n: int, echo: Echo) -> tuple[Path, dict]:
@@ -87,7 +92,7 @@ def lesion_dataset(root: Path, truth: dict) -> Path:
 def prepare(settings: Settings, db: Database, opts: DemoOptions, echo: Echo) -> None:
     """Everything before the servers; each step only when its result is missing."""
     from backend.images.ingest import ingest_paths
-    from backend.demo.pipeline.simulated_radiologist import name_clusters
+    from backend.demo.simulated_radiologist import name_clusters
 
     if opts.data is not None:
         folder, truth = opts.data, None
@@ -101,7 +106,7 @@ def prepare(settings: Settings, db: Database, opts: DemoOptions, echo: Echo) -> 
     with db.session() as s:
         run_id = s.scalar(select(ClusterRun.id).where(ClusterRun.status == ClusterRunStatus.done).order_by(ClusterRun.id.desc()))
     if run_id is None:
-        run_id = _job(db, JobKind.cluster, {"epochs": opts.cluster_epochs}, echo)["run_id"]
+        run_id = _job(db, ClusterParams(config={"epochs": opts.cluster_epochs}), ClusterResult, echo).run_id
     if truth is None:
         echo("your own radiographs: name the clusters in the web page, then `samx train sorter`")
         return
@@ -120,13 +125,14 @@ def prepare(settings: Settings, db: Database, opts: DemoOptions, echo: Echo) -> 
     # A first model that cannot be trained (too few labels) is reported; the servers start anyway.
     if ModelKind.sorter not in kinds:
         try:
-            r = _job(db, JobKind.train_sorter, {"epochs": opts.sorter_epochs, "folds": 0}, echo)
-            echo(f"sorter {r.get('version')} trained")
+            r = _job(db, TrainSorterParams(folds=0, config={"epochs": opts.sorter_epochs}), TrainSorterResult, echo)
+            echo(f"sorter {r.version} trained")
         except RuntimeError as exc:
             echo(f"no sorter yet: {exc}")
     if not has_boxes:
         try:
-            _job(db, JobKind.import_, {"format": "coco", "path": str(lesion_dataset(root, truth)), "image_dir": str(root)}, echo)
+            _job(db, ImportParams(format="coco", path=str(lesion_dataset(root, truth)), image_dir=str(root)),
+                 ImportResult, echo)
         except RuntimeError as exc:
             echo(f"no boxes imported: {exc}")
 
@@ -140,8 +146,9 @@ def train_first_detector(db: Database, opts: DemoOptions, echo: Echo) -> None:
         if not s.scalar(select(func.count()).select_from(Box)):
             return  # the user's own radiographs: boxes come from Label Studio
     try:
-        r = _job(db, JobKind.train_detector, {"epochs": opts.detector_epochs, "size": opts.detector_size, "min_images": 4}, echo)
-        echo(f"detector {r.get('version')} trained")
+        r = _job(db, TrainDetectorParams(epochs=opts.detector_epochs, size=opts.detector_size, min_images=4),
+                 TrainDetectorResult, echo)
+        echo(f"detector {r.version} trained")
     except RuntimeError as exc:
         echo(f"no detector yet: {exc}")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from backend.images.tensors import load_inputs
 from backend.detector.evaluation import judge, validation_mask
 from backend.detector.store import active_version
 from backend.jobs.context import JobContext, JobFailed
+from backend.jobs.params import TrainDetectorParams, TrainDetectorResult
 from backend.labelstudio.push import push_ranking
 from ml_backend.models.boxes import scale_of, to_input
 from ml_backend.models.fusion import offered_boxes
@@ -44,9 +45,10 @@ FIRST_LR = DetectorConfig.lr  # the learning rate of a training from scratch, un
 # AdamW, 1200 steps then 400-step rounds); at 0.3 of it mAP rose over the rounds (3 seeds).
 WARM_START_LR_SCALE = 0.3
 
-DEFAULTS = {"arch": "mobilenet_v3", "tile": None, "batch_size": 4, "lr": None, "seed": 0,
-            "classifier_epochs": 15, "min_images": 4, "reason": "manual", "rank_batch": 50, "warm_start": False,
-            "follow_active": False}
+#: What a training does where its parameters name nothing (tile None: whole images; lr None: FIRST_LR, or
+#: WARM_START_LR_SCALE of it for a warm start; epochs and size: the settings').
+DEFAULTS = TrainDetectorParams(arch="mobilenet_v3", batch_size=4, seed=0, classifier_epochs=15, min_images=4,
+                               reason="manual", rank_batch=50, warm_start=False, follow_active=False)
 FOLLOWED = ("arch", "tile", "size", "batch_size")  # what a loop's training takes from the active version
 
 
@@ -85,7 +87,7 @@ def warm_start_weights(settings: Settings, db, arch: str) -> tuple[str, str]:
     return str(settings.data_dir / path), version
 
 
-def followed_settings(settings: Settings, db, given: dict) -> dict:
+def followed_settings(settings: Settings, db, given: TrainDetectorParams) -> dict:
     """For a training the labeling loop queued: the active version's architecture, tile, size and
     batch (what whoever trained it chose, e.g. ResNet-18 on tiles for small lesions; the loop's
     defaults would silently swap it for MobileNetV3) where the job names none, and a warm start
@@ -95,31 +97,32 @@ def followed_settings(settings: Settings, db, given: dict) -> dict:
         if mv is None:
             return {}
         config = dict(mv.config or {})
-    followed = {k: config[k] for k in FOLLOWED if k in config and k not in given}
-    same_arch = given.get("arch", config.get("arch")) == config.get("arch")
-    return {**followed, "warm_start": bool(given.get("warm_start", settings.detector_warm_start and same_arch))}
+    followed = {k: config[k] for k in FOLLOWED if k in config and getattr(given, k) is None}
+    same_arch = (given.arch if given.arch is not None else config.get("arch")) == config.get("arch")
+    warm_start = given.warm_start if given.warm_start is not None else settings.detector_warm_start and same_arch
+    return {**followed, "warm_start": bool(warm_start)}
 
 
 def run_train_detector_job(ctx: JobContext) -> dict:
     settings: Settings = ctx.settings
-    given = {k: v for k, v in dict(ctx.params).items() if v is not None}
-    p = {**DEFAULTS, "epochs": settings.detector_epochs, "size": settings.detector_size, **given}
-    if p["follow_active"]:
-        p.update(followed_settings(settings, ctx.db, given))
+    given = TrainDetectorParams.from_json(ctx.params)
+    p = given.over(replace(DEFAULTS, epochs=settings.detector_epochs, size=settings.detector_size))
+    if p.follow_active:
+        p = replace(p, **followed_settings(settings, ctx.db, given))
     t0 = time.perf_counter()
     with ctx.db.session() as s:
         rows = labelled_images(s)
         classes = _lesion_classes(s, rows)
-    if len(rows) < int(p["min_images"]):
-        raise JobFailed(f"the detector needs at least {p['min_images']} annotated images; there are {len(rows)} — "
+    if len(rows) < int(p.min_images):
+        raise JobFailed(f"the detector needs at least {p.min_images} annotated images; there are {len(rows)} — "
                         "annotate more in Label Studio (or import a COCO/VOC dataset)")
     if not classes:
         raise JobFailed(f"none of the {len(rows)} annotated images has a lesion box yet: the detector has nothing "
                         "to learn")
-    init, warm_from = warm_start_weights(settings, ctx.db, p["arch"]) if p["warm_start"] else (None, None)
-    lr = float(p["lr"]) if p["lr"] is not None else FIRST_LR * (WARM_START_LR_SCALE if init else 1.0)
-    cfg = DetectorConfig(arch=p["arch"], size=int(p["size"]), epochs=int(p["epochs"]), batch_size=int(p["batch_size"]),
-                         lr=lr, seed=int(p["seed"]), tile=None if p["tile"] is None else int(p["tile"]),
+    init, warm_from = warm_start_weights(settings, ctx.db, p.arch) if p.warm_start else (None, None)
+    lr = float(p.lr) if p.lr is not None else FIRST_LR * (WARM_START_LR_SCALE if init else 1.0)
+    cfg = DetectorConfig(arch=p.arch, size=int(p.size), epochs=int(p.epochs), batch_size=int(p.batch_size),
+                         lr=lr, seed=int(p.seed), tile=None if p.tile is None else int(p.tile),
                          init_weights=init)
     ctx.progress(0, 100, f"preparing {len(rows)} images", force=True)
     inputs = load_inputs(settings, [(r.content_hash, r.store_path) for r in rows], cfg.input_recipe)
@@ -136,7 +139,7 @@ def run_train_detector_job(ctx: JobContext) -> dict:
     classifier = None
     if len(set(y[train].tolist())) == 2:
         ctx.progress(75, 100, "image-level classifier", force=True)
-        classifier = AbnormalityClassifier(epochs=int(p["classifier_epochs"]), seed=int(p["seed"])).fit(
+        classifier = AbnormalityClassifier(epochs=int(p.classifier_epochs), seed=int(p.seed)).fit(
             [inputs[i] for i in train], y[train])
 
     threshold, metrics, roc_tmp = 0.5, None, None
@@ -152,7 +155,7 @@ def run_train_detector_job(ctx: JobContext) -> dict:
             "classes": classes, "n_images": len(rows), "n_train": len(train), "n_val": len(val),
             "n_abnormal": int(y.sum()), "data_hash": data_hash(rows), "config": asdict(cfg),
             "classifier": classifier is not None, "fusion_threshold": float(threshold), "metrics": metrics,
-            "history": [asdict(h) for h in detector.history_], "trigger": p["reason"], "warm_start": warm_from,
+            "history": [asdict(h) for h in detector.history_], "trigger": p.reason, "warm_start": warm_from,
             "init_report": detector.init_report_, "processes": distributed.world_size()}  # > 1: under torchrun
 
     def fill(tmp: Path) -> None:
@@ -175,12 +178,12 @@ def run_train_detector_job(ctx: JobContext) -> dict:
                                              ModelVersion.id != mv.id).values(status=ModelStatus.retired))
         mv_id = mv.id
     ctx.progress(90, 100, "ranking unlabelled images", force=True)
-    ranked = rank_unlabelled(settings, ctx.db, detector, classifier, threshold, version, folder, int(p["rank_batch"]),
+    ranked = rank_unlabelled(settings, ctx.db, detector, classifier, threshold, version, folder, int(p.rank_batch),
                              labelled_inputs=inputs)
     ctx.progress(100, 100, "done", force=True)
-    return {"model_version_id": mv_id, "version": version, "images": len(rows), "validation_images": len(val),
-            "map50": (metrics or {}).get("map50"), "fusion_threshold": float(threshold), "ranked": ranked,
-            "warm_start": warm_from}
+    return TrainDetectorResult(model_version_id=mv_id, version=version, images=len(rows), validation_images=len(val),
+                               map50=(metrics or {}).get("map50"), fusion_threshold=float(threshold), ranked=ranked,
+                               warm_start=warm_from).to_json()
 
 
 def _summary(meta: dict) -> dict:

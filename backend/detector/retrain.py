@@ -8,6 +8,7 @@ from __future__ import annotations
 from sqlalchemy import func, select
 
 from backend.database.session import Database
+from backend.jobs.params import TrainDetectorParams
 from backend.jobs.runner import enqueue
 from backend.database.schema import Annotation, Job, JobKind, JobStatus
 
@@ -33,4 +34,4 @@ def maybe_retrain(db: Database, *, force_reason: str | None = None, send: bool =
             if threshold <= 0 or new < threshold:
                 return None
             force_reason = f"{new} annotations since the last training"
-    return enqueue(db, JobKind.train_detector, {"reason": force_reason, "follow_active": True}, send=send)
+    return enqueue(db, JobKind.train_detector, TrainDetectorParams(reason=force_reason, follow_active=True), send=send)

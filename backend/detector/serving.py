@@ -1,5 +1,4 @@
-"""What the ML backend (ml_backend.service) reads and writes in samx's database and files, and
-``samx ml-backend`` itself: the service wired to them, under werkzeug or gunicorn."""
+"""What the ML backend (ml_backend.service) reads and writes in samx's database and files."""
 from __future__ import annotations
 
 import logging
@@ -21,7 +20,6 @@ from backend.labelstudio.annotations import DELETE_ACTIONS, UPSERT_ACTIONS, appl
 from backend.labelstudio.sync import local_path
 from backend.sorter.predictions import predicted_regions
 from backend.sorter.retrain import maybe_retrain as maybe_retrain_sorter
-from ml_backend.auth import credentials
 from ml_backend.models.bundle import DetectorVersion
 from ml_backend.service import SamxBackend, StoredImage
 
@@ -97,38 +95,6 @@ class DatabaseStore:
             log.info("webhook %s: queued detector training, job %d", action, job.id)
 
 
-def ml_backend(settings: Settings, db: Database, *, cache_images: int = 64) -> SamxBackend:
+def ml_backend_service(settings: Settings, db: Database, *, cache_images: int = 64) -> SamxBackend:
     """The ML backend's application over this installation's data (not started)."""
     return SamxBackend(DatabaseStore(settings, db), cache_images=cache_images)
-
-
-def serve(settings: Settings, host: str = "127.0.0.1", port: int = 9090, *, watch_every: float = 2.0,
-          server: str = "werkzeug", threads: int = 8) -> None:
-    """``samx ml-backend`` until Ctrl-C/SIGTERM. One process either way: the model slot, its
-    watcher and the webhook debounce live in it (``threads`` serve requests; gunicorn's gthread
-    worker in production)."""
-    from ml_backend.server import create_app
-
-    running: list[SamxBackend] = []
-
-    def build():
-        backend = ml_backend(settings, Database(settings)).start(watch_every)
-        running.append(backend)
-        log.info("ml backend on http://%s:%d serving %s", host, port, backend.model_version())
-        return create_app(backend, basic_auth=credentials(settings))
-
-    def stop():
-        while running:
-            running.pop().stop()
-
-    if server == "gunicorn":
-        from backend.web.production_server import run_gunicorn
-
-        run_gunicorn(build, host, port, workers=1, threads=threads, on_exit=stop)
-        return
-    from werkzeug.serving import run_simple
-
-    try:
-        run_simple(host, port, build(), threaded=True, use_reloader=False, use_debugger=False)
-    finally:
-        stop()

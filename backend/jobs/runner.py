@@ -19,6 +19,7 @@ from sqlalchemy import select, update
 from backend.config import Settings
 from backend.database.session import Database
 from backend.jobs.context import JobCancelled, JobContext, JobFailed
+from backend.jobs.params import JobParams
 from backend.jobs.queue import send as send_to_queue
 from backend.jobs.registry import handler
 from backend.database.schema import Job, JobKind, JobStatus, utcnow
@@ -35,14 +36,19 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
 
 
-def enqueue(db: Database, kind: JobKind | str, params: dict[str, Any], *, send: bool = True) -> Job:
+def enqueue(db: Database, kind: JobKind | str, params: JobParams | dict[str, Any], *, send: bool = True) -> Job:
     """Create the job row, then hand its id to the queue (row first: a worker never sees an id
-    without a row)."""
+    without a row). ``params``: the kind's parameters (backend.jobs.params), or their JSON as is
+    (the job checks it when it runs)."""
     handler(kind)
     try:
         kind = JobKind(kind)
     except ValueError:  # a handler registered for a kind the schema does not know
         raise JobFailed(f"job kind {kind!r} is not one of {', '.join(JobKind)}") from None
+    if isinstance(params, JobParams):
+        if params.kind != kind:
+            raise TypeError(f"{type(params).__name__} are the parameters of {params.kind} jobs, not of {kind}")
+        params = params.to_json()
     with db.session() as s:
         job = Job(kind=kind, params=params, status=JobStatus.queued)
         s.add(job)

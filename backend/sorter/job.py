@@ -24,6 +24,7 @@ from sqlalchemy import delete, insert, select, update
 
 from backend.config import Settings
 from backend.jobs.context import JobContext, JobFailed
+from backend.jobs.params import AcrossFolds, PredictParams, PredictResult, TrainSorterParams, TrainSorterResult
 from backend.database.schema import (ClusterRun, Image, ImageStatus, Label, LabelKind, ModelKind, ModelStatus, ModelVersion,
                                      SorterPrediction, WeakLabel)
 from backend.sorter.store import active_version, load_sorter, write_version
@@ -40,20 +41,17 @@ from imaging.radiograph import not_a_radiograph
 from training import distributed
 
 log = logging.getLogger(__name__)
-_CONFIG_KEYS = {f.name for f in fields(SorterConfig)}
-JOB_KEYS = {"folds", "min_per_class", "size", "method", "init", "force", "reason", "clean"}
+#: What a training does where its parameters name nothing (size and method: without a DeepCluster start).
+DEFAULTS = TrainSorterParams(folds=5, min_per_class=5, init="deepcluster", force=False, reason="trained by hand",
+                             clean=True)
 BATCH = 512
 
 
-def _params(raw: dict) -> tuple[SorterConfig, dict]:
-    unknown = set(raw) - _CONFIG_KEYS - JOB_KEYS
-    if unknown:
-        raise JobFailed(f"unknown sorter parameter(s): {', '.join(sorted(unknown))}")
-    config = SorterConfig(**{k: v for k, v in raw.items() if k in _CONFIG_KEYS and v is not None})
-    job = {"folds": 5, "min_per_class": 5, "init": "deepcluster", "force": False, "reason": "trained by hand",
-           "clean": True,
-           **{k: v for k, v in raw.items() if k in JOB_KEYS and v is not None}}
-    if job["folds"] and int(job["folds"]) < 3:
+def _params(raw: dict) -> tuple[SorterConfig, TrainSorterParams]:
+    given = TrainSorterParams.from_json(raw)
+    config = SorterConfig(**{k: v for k, v in given.config.items() if v is not None})
+    job = given.over(DEFAULTS)
+    if job.folds and int(job.folds) < 3:
         raise JobFailed("folds must be 0 (no cross-validation) or at least 3")
     return config, job
 
@@ -95,10 +93,10 @@ def run_train_sorter_job(ctx: JobContext) -> dict:
         previous = (previous.id, previous.version, previous.path) if previous else None
     counts = Counter(r.name for r in rows)
     order = {r.name: r.sort_order for r in rows}
-    classes = sorted((c for c, n in counts.items() if n >= int(job["min_per_class"])), key=lambda c: (order[c], c))
+    classes = sorted((c for c, n in counts.items() if n >= int(job.min_per_class)), key=lambda c: (order[c], c))
     dropped = {c: n for c, n in counts.items() if c not in classes}
     if len(classes) < 2:
-        raise JobFailed(f"the sorter needs at least two regions with {job['min_per_class']} or more labelled images "
+        raise JobFailed(f"the sorter needs at least two regions with {job.min_per_class} or more labelled images "
                         f"each; the weak labels have {dict(counts) or 'none'} — name more clusters first")
     rows = [r for r in rows if r.name in classes]
     y = np.array([classes.index(r.name) for r in rows], dtype=np.int64)
@@ -106,8 +104,8 @@ def run_train_sorter_job(ctx: JobContext) -> dict:
     group_keys = [groups[r.id] for r in rows]
 
     init, init_note = None, "none (random weights)"
-    size, method = int(job.get("size") or 64), job.get("method") or "fhe"
-    if job["init"] == "deepcluster" and deepcluster is not None:
+    size, method = int(job.size or 64), job.method or "fhe"
+    if job.init == "deepcluster" and deepcluster is not None:
         mv, run_params = deepcluster
         size, method = int(run_params.get("size", 64)), run_params.get("method", "fhe")
         init = DeepCluster.load(settings.data_dir / mv.path).backbone_
@@ -115,7 +113,7 @@ def run_train_sorter_job(ctx: JobContext) -> dict:
 
     images = load_tensors(settings, [(r.content_hash, r.store_path) for r in rows], size=size, method=method,
                           progress=lambda d, n: ctx.progress(int(10 * d / n), 100, f"preparing images {d}/{n}"))
-    n_folds = int(job["folds"])
+    n_folds = int(job.folds)
     steps = n_folds + 1  # trainings: one per fold, then the version itself
     step = [0]
 
@@ -141,7 +139,7 @@ def run_train_sorter_job(ctx: JobContext) -> dict:
     if held.sum() < 2 or (~held).sum() < 2:
         raise JobFailed(f"the fixed validation split needs images on both sides; {int(held.sum())} of {len(y)} "
                         "images fell into it — label more images (from more patients)")
-    doubted, cleaning = _doubted_labels(out_of_fold, y, held, rows, classes, bool(job["clean"]) and cv is not None)
+    doubted, cleaning = _doubted_labels(out_of_fold, y, held, rows, classes, bool(job.clean) and cv is not None)
     train = ~held & ~doubted
     model = Sorter(classes, config).fit(images[train], y[train], init=init, progress=on_epoch)
     model.calibrate(images[held])
@@ -151,19 +149,19 @@ def run_train_sorter_job(ctx: JobContext) -> dict:
 
     ctx.progress(90, 100, "comparing with the active version", force=True)
     promoted, reason, prev_info = _judge(settings, previous, held_metrics["top1"], images[held], names[held],
-                                         bool(job["force"]))
+                                         bool(job.force))
     version = hashlib.sha1(f"{ctx.job_id}:{time.time_ns()}".encode()).hexdigest()[:12]
     meta = {"version": version, "kind": ModelKind.sorter.value, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "classes": classes, "counts": {c: counts[c] for c in classes}, "dropped_classes": dropped,
             "data_hash": data_hash(rows), "n_images": len(rows), "n_holdout": int(held.sum()),
             "n_trained": int(train.sum()),
             "config": {**asdict(model.config), "size": size, "method": method, "init": init_note,
-                       "folds": n_folds, "min_per_class": int(job["min_per_class"]), "clean": bool(job["clean"]),
+                       "folds": n_folds, "min_per_class": int(job.min_per_class), "clean": bool(job.clean),
                        "processes": distributed.world_size()},  # > 1: trained under torchrun
             "cv": _finite(cv), "cleaning": cleaning, "holdout": _finite(held_metrics),
             "abstention": asdict(model.abstention_),
             "history": [asdict(h) for h in model.history_], "previous": prev_info, "promoted": promoted,
-            "reason": reason, "trigger": job["reason"], "seconds": None}
+            "reason": reason, "trigger": job.reason, "seconds": None}
 
     all_ids, all_pred = (np.zeros(0, np.int64), None)
     if promoted:
@@ -189,11 +187,12 @@ def run_train_sorter_job(ctx: JobContext) -> dict:
         mv_id = mv.id
     ctx.progress(100, 100, "done", force=True)
     summary = cv["summary"] if cv else {}
-    return {"model_version_id": mv_id, "version": version, "promoted": promoted, "reason": reason,
-            "images": len(rows), "classes": classes, "holdout_top1": held_metrics["top1"],
-            "holdout_top2": held_metrics["top2"], "cv_top1": summary.get("top1"), "cv_top2": summary.get("top2"),
-            "left_out": cleaning["left_out"],
-            "predicted": int(len(all_ids))}
+    return TrainSorterResult(
+        model_version_id=mv_id, version=version, promoted=promoted, reason=reason, images=len(rows), classes=classes,
+        holdout_top1=held_metrics["top1"], holdout_top2=held_metrics["top2"],
+        cv_top1=AcrossFolds.from_json(summary["top1"]) if "top1" in summary else None,
+        cv_top2=AcrossFolds.from_json(summary["top2"]) if "top2" in summary else None,
+        left_out=cleaning["left_out"], predicted=int(len(all_ids))).to_json()
 
 
 def _doubted_labels(out_of_fold: np.ndarray, y: np.ndarray, held: np.ndarray, rows, classes,
@@ -330,7 +329,7 @@ def store_predictions(s, model_version_id: int, image_ids: np.ndarray, pred: Pre
     return len(rows)
 
 
-def predict_missing(ctx: JobContext, lo: int = 0, hi: int = 99) -> dict | None:
+def predict_missing(ctx: JobContext, lo: int = 0, hi: int = 99) -> PredictResult | None:
     """Predictions of the active sorter for every imported image that has none from it yet;
     None when there is no active sorter."""
     with ctx.db.session() as s:
@@ -343,12 +342,13 @@ def predict_missing(ctx: JobContext, lo: int = 0, hi: int = 99) -> dict | None:
                              lo=lo, hi=hi)
     with ctx.db.session() as s:
         n = store_predictions(s, mv_id, ids, pred, model.classes)
-    return {"model_version_id": mv_id, "predicted": n}
+    return PredictResult(model_version_id=mv_id, predicted=n)
 
 
 def run_predict_job(ctx: JobContext) -> dict:
+    PredictParams.from_json(ctx.params)
     result = predict_missing(ctx)
     if result is None:
         raise JobFailed("there is no active sorter yet: run `samx train sorter` first")
     ctx.progress(100, 100, "done", force=True)
-    return result
+    return result.to_json()

@@ -6,6 +6,7 @@ from __future__ import annotations
 from sqlalchemy import func, select
 
 from backend.database.session import Database
+from backend.jobs.params import TrainSorterParams
 from backend.jobs.runner import enqueue
 from backend.database.schema import Job, JobKind, JobStatus, LabelSource, WeakLabel
 from backend.sorter.store import active_version
@@ -35,5 +36,5 @@ def maybe_retrain(db: Database, *, send: bool = True) -> Job | None:
             Job.kind == JobKind.train_sorter, Job.status.in_([JobStatus.queued, JobStatus.running])))
         if pending:
             return None
-    return enqueue(db, JobKind.train_sorter, {"reason": f"retrain: {changed} labels changed since the active version"},
-                   send=send)
+    return enqueue(db, JobKind.train_sorter,
+                   TrainSorterParams(reason=f"retrain: {changed} labels changed since the active version"), send=send)

@@ -1,7 +1,7 @@
 """Clustering runs: the list, a form that queues a clustering job, and the job's progress.
 
-The page only enqueues (``enqueue(db, "cluster", {"k", "epochs"})``); a ``samx worker`` runs
-the job and reports progress in the Job row, which the page polls as JSON."""
+The page only enqueues (a cluster job with its k and epochs); a ``samx worker`` runs the job and
+reports progress in the Job row, which the page polls as JSON."""
 from __future__ import annotations
 
 from flask import Blueprint, abort, flash, jsonify, redirect, render_template, request, url_for
@@ -9,6 +9,7 @@ from flask_login import current_user
 from sqlalchemy import func, select
 
 from backend.jobs.context import JobFailed
+from backend.jobs.params import ClusterParams
 from backend.jobs.runner import enqueue
 from backend.database.schema import HIDDEN_CLUSTER_STATUSES, Cluster, ClusterRun, ClusterStatus, Job, JobKind
 from backend.web.auth import requires
@@ -59,17 +60,17 @@ def _form_int(name: str, lo: int, hi: int, default: int | None = None, *, option
 @requires("decide")
 def start_run():
     try:
-        params = {"k": _form_int("k", *K_RANGE, optional=True),  # empty: about 40 images a cluster
-                  "epochs": _form_int("epochs", *EPOCHS_RANGE, default=30)}
+        k = _form_int("k", *K_RANGE, optional=True)  # empty: about 40 images a cluster
+        epochs = _form_int("epochs", *EPOCHS_RANGE, default=30)
     except ValueError as exc:
         flash(str(exc), "error")
         return redirect(url_for("runs.runs_page"), code=303)
     try:
-        job = enqueue(get_db(), JobKind.cluster, params)
+        job = enqueue(get_db(), JobKind.cluster, ClusterParams(config={"k": k, "epochs": epochs}))
     except JobFailed as exc:  # e.g. no handler for "cluster" installed in this version
         flash(f"Could not start clustering: {exc}", "error")
         return redirect(url_for("runs.runs_page"), code=303)
-    flash(f"Clustering job {job.id} queued (k={params['k'] or 'automatic'}, {params['epochs']} epochs); "
+    flash(f"Clustering job {job.id} queued (k={k or 'automatic'}, {epochs} epochs); "
           "a `samx worker` runs it.", "info")
     return redirect(url_for("runs.runs_page", job=job.id), code=303)
 

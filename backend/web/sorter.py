@@ -16,6 +16,7 @@ from sqlalchemy import select
 from backend.sorter import review
 from backend.clusters.decisions import NotFound
 from backend.jobs.context import JobFailed
+from backend.jobs.params import TrainSorterParams
 from backend.jobs.runner import enqueue
 from backend.database.schema import Image, Job, JobKind, ModelKind, ModelVersion
 from backend.sorter.retrain import changed_labels, maybe_retrain
@@ -90,7 +91,8 @@ def models_page():
 @requires("decide")
 def retrain():
     try:
-        job = enqueue(get_db(), JobKind.train_sorter, {"reason": f"retrain requested by {current_user.username}"})
+        job = enqueue(get_db(), JobKind.train_sorter,
+                      TrainSorterParams(reason=f"retrain requested by {current_user.username}"))
     except JobFailed as exc:
         flash(f"Could not start training: {exc}", "error")
         return redirect(url_for("sorter.models_page"), code=303)

@@ -104,15 +104,15 @@ class DetectorConfig:
             raise ValueError(f"box_head must be one of {BOX_HEADS}, not {self.box_head!r}")
         if self.optimizer not in ("sgd", "adamw"):
             raise ValueError(f"optimizer must be 'sgd' or 'adamw', not {self.optimizer!r}")
+        self.anchor_sizes, self.gamma = tuple(self.anchor_sizes), tuple(self.gamma)
+        if self.init_weights is not None:  # a Path in the saved config would make the file unloadable (weights_only)
+            self.init_weights = str(self.init_weights)
         _ = self.input_recipe  # an unknown enhancement fails here, not at the first prediction
 
     @property
     def input_recipe(self) -> InputRecipe:
         """Whole images, long side ``size``, aspect kept: boxes scale by one factor per axis."""
         return InputRecipe(self.size, self.input_method, crop_to_body=self.input_crop_to_body, square=False)
-        self.anchor_sizes, self.gamma = tuple(self.anchor_sizes), tuple(self.gamma)
-        if self.init_weights is not None:  # a Path in the saved config would make the file unloadable (weights_only)
-            self.init_weights = str(self.init_weights)
 
 
 @dataclass(kw_only=True)
