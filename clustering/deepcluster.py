@@ -28,6 +28,7 @@ from clustering.stats import weighted_purity
 from imaging.files import write_atomic
 from training import distributed, engine
 from training.engine import Progress, train_one_epoch
+from training.weights import IMAGENET, WeightsError, load_into
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
@@ -51,6 +52,14 @@ class DeepClusterConfig:
     epoch_samples: int | None = None  # draws per epoch; None = one per image
     seed: int = 0
     device: str = "auto"  # this rank's GPU when there is one ("cpu", "cuda:1", ... to choose)
+    #: Start from pretrained weights instead of random ones: "imagenet" (torchvision's, from the
+    #: torch hub cache) or a file (training.weights). Pretrained filters see intensities, so the
+    #: Sobel input is off then, and ImageNet weights need torchvision's width, 64.
+    weights: str | None = None
+
+    def __post_init__(self):
+        if self.weights:
+            self.sobel = False
 
 
 @dataclass(kw_only=True)
@@ -94,7 +103,14 @@ class DeepCluster:
         leader = distributed.is_leader()
         dev = distributed.device(cfg.device)
         torch.manual_seed(cfg.seed)
-        backbone = Backbone(cfg.arch, cfg.width, cfg.sobel).to(dev)
+        backbone = Backbone(cfg.arch, cfg.width, cfg.sobel)
+        self.init_report_ = None
+        if cfg.weights:
+            if str(cfg.weights).lower() in IMAGENET and cfg.width != 64:
+                raise WeightsError(f"width {cfg.width} cannot take torchvision's ImageNet weights: their ResNet has "
+                                   "width 64 (--width 64)")
+            self.init_report_ = load_into(backbone, cfg.weights, arch=cfg.arch).to_dict()
+        backbone = backbone.to(dev)
         opt = torch.optim.SGD(backbone.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         history: list[EpochLog] = []
         prev: np.ndarray | None = None
@@ -212,7 +228,8 @@ class DeepCluster:
         buf = io.BytesIO()
         torch.save({"config": asdict(self.config), "backbone": self.backbone_.state_dict(),
                     "whitening": self.whitening_.state(), "centroids": self.centroids_,
-                    "history": [asdict(h) for h in self.history_]}, buf)
+                    "history": [asdict(h) for h in self.history_],
+                    "init_report": getattr(self, "init_report_", None)}, buf)
         return write_atomic(path, buf.getvalue())
 
     @classmethod
@@ -226,6 +243,7 @@ class DeepCluster:
         model.whitening_ = Whitening(**state["whitening"])
         model.centroids_ = state["centroids"]
         model.history_ = [EpochLog(**h) for h in state["history"]]
+        model.init_report_ = state.get("init_report")  # what the pretrained start loaded (None: from scratch)
         return model
 
 

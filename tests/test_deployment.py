@@ -180,8 +180,14 @@ def test_gunicorn_services_on_postgres_and_redis(tmp_path, postgres_url, redis_u
         status, body = _wait_for(f"http://127.0.0.1:{ml_port}/health", ml, auth)
         assert status == 200 and json.loads(body)["status"] == "UP"
         assert _get(f"http://127.0.0.1:{ml_port}/health")[0] == 401
-        group = subprocess.run(["pgrep", "-g", str(web.pid)], capture_output=True, text=True).stdout.split()
-        assert len(group) == 1 + _resolve(services["web"]["command"]).params["workers"]  # gunicorn's master + workers
+        expected = 1 + _resolve(services["web"]["command"]).params["workers"]  # gunicorn's master + workers
+        deadline = time.monotonic() + 30  # /login answers as soon as one worker is up; the others fork alongside
+        while True:
+            group = subprocess.run(["pgrep", "-g", str(web.pid)], capture_output=True, text=True).stdout.split()
+            if len(group) >= expected or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert len(group) == expected
     finally:
         codes = [_stop(web), _stop(ml)]
     assert codes == [0, 0], codes  # a clean stop on SIGTERM

@@ -10,6 +10,7 @@ from tqdm import tqdm
 from backend.config import Settings
 from backend.cli.app import main, open_db, pass_settings, run_job
 from backend.database.schema import JobKind
+from training.weights import IMAGENET
 from backend.jobs.params import (ClusterParams, ClusterResult, PredictParams, PredictResult, TrainDetectorParams,
                                  TrainDetectorResult, TrainSorterParams, TrainSorterResult)
 
@@ -21,15 +22,20 @@ from backend.jobs.params import (ClusterParams, ClusterResult, PredictParams, Pr
 @click.option("--width", type=int, default=32, show_default=True, help="ResNet width (64 = torchvision's).")
 @click.option("--arch", type=click.Choice(["resnet18", "resnet34", "resnet50"]), default="resnet18", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--weights", help="Start from pretrained weights: 'imagenet' (torchvision's, from the torch hub cache; "
+                                "needs --width 64) or a weights file. Default: random weights.")
 @click.option("--background", is_flag=True, help="Queue a job for `samx worker` instead of running here.")
 @pass_settings
 def cluster(settings: Settings, k: int | None, epochs: int, size: int, width: int, arch: str, seed: int,
-            background: bool) -> None:
+            weights: str | None, background: bool) -> None:
     """Group all imported radiographs with DeepCluster, for naming in the web app.
 
     Checkpoints every epoch: `samx jobs retry ID` on a killed run resumes where it stopped."""
     db = open_db(settings)
-    params = ClusterParams(size=size, config={"k": k, "epochs": epochs, "width": width, "arch": arch, "seed": seed})
+    config = {"k": k, "epochs": epochs, "width": width, "arch": arch, "seed": seed}
+    if weights:
+        config["weights"] = weights if weights.lower() in IMAGENET else str(Path(weights).expanduser().resolve())
+    params = ClusterParams(size=size, config=config)
     out = run_job(db, JobKind.cluster, params, background, unit="%")
     if out is None:
         return
