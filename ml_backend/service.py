@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image as PILImage
 
-from imaging.reader import read_radiograph
+from imaging.reader import MAX_PIXELS, read_radiograph
 from ml_backend.labeling_config import LOCAL_FILES_URL
 from ml_backend.model_slot import ModelSlot
 from ml_backend.models.boxes import scale_of
@@ -36,7 +36,6 @@ from ml_backend.results import prediction_result
 log = logging.getLogger("samx.ml_backend")
 
 NO_MODEL = "samx-no-detector-yet"  # stable and non-empty, as Label Studio's /setup needs
-MAX_PIXELS = 120_000_000  # the ingest limit: nothing larger is decoded
 
 
 @dataclass(frozen=True)
@@ -46,7 +45,7 @@ class StoredImage:
     id: int | None  # None: a file outside the store
     width: int
     height: int
-    content_hash: str
+    key: str  # the content hash; for a file outside the store its path, mtime and size
     load: Callable[[], np.ndarray]  # the stored [0, 1] float pixels
 
 
@@ -204,7 +203,7 @@ class SamxBackend:
 
     def _input(self, image: StoredImage, model: DetectorVersion) -> np.ndarray:
         recipe = model.detector.config.input_recipe
-        lru_key = f"{image.content_hash}@{recipe.name}"
+        lru_key = f"{image.key}@{recipe.name}"
         with self._inputs_lock:
             if lru_key in self._inputs:
                 self._inputs.move_to_end(lru_key)

@@ -9,7 +9,7 @@ from tqdm import tqdm
 
 from backend.config import Settings
 from backend.cli.app import main, open_db, pass_settings, run_job
-from backend.database.schema import JobKind
+from backend.database.schema import JobKind, ModelKind, ModelStatus
 from training.weights import IMAGENET
 from backend.jobs.params import (ClusterParams, ClusterResult, PredictParams, PredictResult, TrainDetectorParams,
                                  TrainDetectorResult, TrainSorterParams, TrainSorterResult)
@@ -221,11 +221,11 @@ def models(settings: Settings) -> None:
     from backend.database.schema import ModelVersion
 
     with open_db(settings).session() as s:
-        rows = s.scalars(select(ModelVersion).where(ModelVersion.kind == "sorter").order_by(ModelVersion.id)).all()
+        rows = s.scalars(select(ModelVersion).where(ModelVersion.kind == ModelKind.sorter).order_by(ModelVersion.id)).all()
         for mv in rows:
             m = mv.metrics or {}
             top1 = m.get("holdout_top1")
-            click.echo(f"{'*' if mv.status == 'active' else ' '} {mv.version}  {mv.status:<8} "
+            click.echo(f"{'*' if mv.status == ModelStatus.active else ' '} {mv.version}  {mv.status:<8} "
                        f"{mv.created_at:%Y-%m-%d %H:%M}  {m.get('n_images', '?')} images  validation top-1 "
                        f"{'-' if top1 is None else f'{top1:.3f}'}  {m.get('reason', '')}")
         if not rows:

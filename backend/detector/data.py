@@ -14,7 +14,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend.database.schema import Annotation, Box, Image, ImageStatus, Label, WeakLabel
+from backend.database.schema import Annotation, Box, BoxSource, Image, ImageStatus, Label, WeakLabel
 
 
 @dataclass
@@ -36,7 +36,7 @@ def labelled_images(s: Session) -> list[LabelledImage]:
     for ann in s.scalars(select(Annotation).where(Annotation.deleted_at.is_(None), Annotation.cancelled.is_(False))
                          .order_by(Annotation.updated_at, Annotation.id)):
         latest[ann.image_id] = ann  # ascending: the newest overwrites
-    imported = set(s.scalars(select(Box.image_id).where(Box.source == "imported").distinct()))
+    imported = set(s.scalars(select(Box.image_id).where(Box.source == BoxSource.imported).distinct()))
     ids = sorted(set(latest) | imported)
     if not ids:
         return []
@@ -44,7 +44,7 @@ def labelled_images(s: Session) -> list[LabelledImage]:
     boxes: dict[int, list[Box]] = {}
     keep_ann = {a.id for a in latest.values()}
     for box in s.scalars(select(Box).where(Box.image_id.in_(ids))):
-        if (box.annotation_id in keep_ann) or (box.source == "imported" and box.image_id not in latest):
+        if (box.annotation_id in keep_ann) or (box.source == BoxSource.imported and box.image_id not in latest):
             boxes.setdefault(box.image_id, []).append(box)
     out = []
     for img in s.scalars(select(Image).where(Image.id.in_(ids), Image.status == ImageStatus.imported)
@@ -63,7 +63,7 @@ def unlabelled_images(s: Session) -> list[tuple[int, str, str, int, int]]:
     """(image id, content hash, store path, width, height) of imported images nobody annotated
     (nor discarded as not MSK: nobody should box those)."""
     annotated = select(Annotation.image_id).where(Annotation.deleted_at.is_(None))
-    imported = select(Box.image_id).where(Box.source == "imported")
+    imported = select(Box.image_id).where(Box.source == BoxSource.imported)
     discarded = select(WeakLabel.image_id).where(WeakLabel.superseded_at.is_(None), WeakLabel.label_id.is_(None))
     rows = s.execute(select(Image.id, Image.content_hash, Image.store_path, Image.columns, Image.rows)
                      .where(Image.status == ImageStatus.imported, Image.id.not_in(annotated), Image.id.not_in(imported),

@@ -9,10 +9,9 @@ import numpy as np
 from sqlalchemy import select
 
 from backend.config import Settings
-from backend.database.schema import Image, ImageStatus, ModelVersion
+from backend.database.schema import Image, ImageStatus, ModelKind, ModelVersion
 from backend.database.session import Database
 from backend.detector.retrain import maybe_retrain
-from backend.detector.store import KIND as DETECTOR
 from backend.detector.store import active_version, load_version
 from backend.images.store import load_pixels
 from backend.images.tensors import tensor_cache
@@ -35,28 +34,28 @@ class DatabaseStore:
         self.settings, self.db = settings, db
         self.min_score = settings.detector_min_score
 
-    def _stored(self, img: Image) -> StoredImage:
+    def _stored(self, img: Image | None) -> StoredImage | None:
+        """The image if it is imported with its pixels in the store, else None."""
+        if img is None or img.status != ImageStatus.imported or not img.store_path:
+            return None
         store_path = img.store_path
         return StoredImage(img.id, int(img.columns or 0), int(img.rows or 0), img.content_hash,
                            lambda: load_pixels(self.settings, store_path))
 
     def image(self, image_id: int) -> StoredImage | None:
         with self.db.session() as s:
-            img = s.get(Image, image_id)
-            if img is None or img.status != ImageStatus.imported or not img.store_path:
-                return None
-            return self._stored(img)
+            return self._stored(s.get(Image, image_id))
 
     def image_of_file(self, path: Path) -> StoredImage | None:
         with self.db.session() as s:  # display renditions are named by the content hash
-            img = s.scalar(select(Image).where(Image.content_hash == path.stem, Image.status == ImageStatus.imported))
-            return self._stored(img) if img is not None and img.store_path else None
+            return self._stored(s.scalar(select(Image).where(Image.content_hash == path.stem,
+                                                             Image.status == ImageStatus.imported)))
 
     def local_file(self, url: str) -> Path:
         return local_path(self.settings, url)
 
     def model_input(self, image: StoredImage, model: DetectorVersion) -> np.ndarray:
-        return tensor_cache(self.settings, model.detector.config.input_recipe).get(image.content_hash, image.load)
+        return tensor_cache(self.settings, model.detector.config.input_recipe).get(image.key, image.load)
 
     def region(self, image_id: int) -> tuple[str, float] | None:
         with self.db.session() as s:
@@ -72,7 +71,7 @@ class DatabaseStore:
 
     def versions(self) -> list[dict[str, Any]]:
         with self.db.session() as s:
-            rows = s.scalars(select(ModelVersion).where(ModelVersion.kind == DETECTOR).order_by(ModelVersion.id.desc()))
+            rows = s.scalars(select(ModelVersion).where(ModelVersion.kind == ModelKind.detector).order_by(ModelVersion.id.desc()))
             return [{"version": mv.version, "status": mv.status, "created_at": mv.created_at.isoformat(),
                      "metrics": mv.metrics} for mv in rows]
 

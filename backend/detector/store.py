@@ -15,10 +15,6 @@ from ml_backend.models.abnormality import AbnormalityClassifier
 from ml_backend.models.bundle import DetectorVersion
 from ml_backend.models.detector import LesionDetector
 
-#: Kept for backend/detector/serving.py, which imports it (``KIND as DETECTOR``); use ModelKind.detector.
-KIND = ModelKind.detector
-
-
 def active_version(s: Session) -> ModelVersion | None:
     return model_store.active_version(s, ModelKind.detector)
 
