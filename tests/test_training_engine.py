@@ -199,6 +199,7 @@ def _rank(rank: int, world: int, init: str, out: Path) -> None:
         shard = TensorDataset(*(t[rank::world] for t in data.tensors))  # each rank its 32 samples
         run = train_one_epoch(model, opt, DataLoader(shard, 16), torch.device("cpu"), 0, step=classify)
         torch.save({"loss": run.loss, "rates": run.rates, "samples": run.samples, "steps": run.steps}, out / f"{rank}.pt")
+        dist.barrier()  # gloo aborts a rank that tears down while its peer still talks to it
     finally:
         dist.destroy_process_group()
 

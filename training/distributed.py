@@ -69,6 +69,8 @@ def stop() -> None:
         return
     if active() and is_leader():
         dist.broadcast_object_list([_STOP], src=0, device=_comm_device())
+    if active():  # gloo aborts a rank that tears down while a peer still talks to it
+        dist.barrier()
     dist.destroy_process_group()
 
 
