@@ -22,11 +22,11 @@ from torch.utils.data import DataLoader
 from clustering.augment import AugmentedImages, training_transform
 from clustering.features import Whitening, extract
 from clustering.kmeans import kmeans, predict
-from clustering.network import Backbone
 from clustering.sampler import UniformClusterSampler
 from clustering.stats import weighted_purity
 from imaging.files import write_atomic
 from training import distributed, engine
+from training.backbone import Backbone
 from training.engine import Progress, train_one_epoch
 from training.weights import IMAGENET, WeightsError, load_into
 

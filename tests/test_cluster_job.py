@@ -62,6 +62,7 @@ def test_cluster_job_stores_run_clusters_memberships_and_arrays(db: Database, ph
         assert set(c.stats["representatives"]) <= by_cluster[c.id] and c.stats["representatives"]
         assert 0 <= c.stats["uncertainty"] <= 1
     assert mv.kind == "deepcluster" and (db.settings.data_dir / mv.path).is_file()
+    assert mv.metrics["backbone"] == {"source": "scratch", "model_version_id": None, "loaded": 0}  # no --weights
     arrays = load_arrays(db.settings, run.id)
     assert set(arrays.image_ids.tolist()) == image_ids
     assert arrays.embeddings.shape[0] == n and arrays.umap.shape == (n, 2)

@@ -12,7 +12,7 @@ from clustering.embedding_map import umap_2d
 from clustering.features import Whitening
 from training.embeddings import FlatIndex, l2_normalize
 from clustering.kmeans import kmeans, predict
-from clustering.network import Backbone
+from training.backbone import Backbone
 from clustering.sampler import UniformClusterSampler
 from clustering.stats import cluster_stats, nmi, weighted_purity
 

@@ -197,6 +197,8 @@ def test_train_detector_job_stores_a_version_and_ranks_the_unlabelled(world, tra
     with world["db"].session() as s:
         mv = s.get(ModelVersion, res["model_version_id"])
         assert mv.kind == "detector" and mv.status == "active"
+    scratch = {"source": "scratch", "model_version_id": None, "loaded": 0}  # no DeepCluster network here
+    assert mv.metrics["backbone"] == scratch and mv.metrics["classifier_backbone"] in (scratch, None)
     folder = settings.data_dir / Path(mv.path).parent
     assert {"detector.pt", "metadata.json", "ranking.json"} <= {p.name for p in folder.iterdir()}
     meta = json.loads((folder / "metadata.json").read_text())
@@ -397,7 +399,7 @@ def test_warm_start_fine_tunes_the_active_version_of_the_same_architecture(world
     """Runs last in this module: it makes a new active version."""
     db, settings = world["db"], world["settings"]
     with db.session() as s:
-        before = active_version(s).version
+        before, active_version_id = active_version(s).version, active_version(s).id
     other = run_job(db, "train_detector", epochs=1, size=128, arch="mobilenet_v3", classifier_epochs=1, min_images=4,
                     warm_start=True)
     assert other.status == JobStatus.failed and "resnet18_fpn" in other.error and "mobilenet_v3" in other.error
@@ -411,6 +413,10 @@ def test_warm_start_fine_tunes_the_active_version_of_the_same_architecture(world
     old_meta = json.loads((settings.models_dir / "detector" / before / "metadata.json").read_text())
     report = meta["init_report"]
     assert report["loaded"] > 100 and report["missing"] == 0
+    with db.session() as s:
+        row = s.get(ModelVersion, job.result["model_version_id"])
+        assert row.metrics["backbone"] == meta["backbone"] and meta["backbone"]["source"] == "model_version"
+        assert (meta["backbone"]["model_version_id"], meta["backbone"]["loaded"]) == (active_version_id, report["loaded"])
     if meta["classes"] == old_meta["classes"]:
         assert report["reinitialised"] == []
     else:  # a class came or went: only the box predictor starts afresh

@@ -33,3 +33,19 @@ def test_a_version_folder_appears_whole_and_a_killed_writers_leftovers_are_swept
         write_version_dir(settings, "sorter", "v2", broken)
     assert not (kind_dir / "v2").exists()
     assert sorted(p.name for p in kind_dir.iterdir()) == [".tmp-bbb-456", "v1"]
+
+
+def test_lineage_has_one_shape_for_every_start():
+    from backend.database.model_versions import lineage
+    from backend.database.schema import ModelKind, ModelVersion
+
+    assert lineage(None) == {"source": "scratch", "model_version_id": None, "loaded": 0}
+    name = "torchvision ResNet18_Weights.IMAGENET1K_V1"
+    assert lineage("ImageNet", {"source": name, "loaded": 122}) == {
+        "source": "imagenet", "model_version_id": None, "loaded": 122, "name": name}
+    assert lineage("/w/r18.pth", {"loaded": 120}) == {"source": "file", "model_version_id": None, "loaded": 120,
+                                                       "path": "/w/r18.pth"}
+    mv = ModelVersion(id=7, kind=ModelKind.deepcluster, version="abc", path="models/deepcluster/abc.pt")
+    assert lineage("/data/models/deepcluster/abc.pt", {"loaded": 102}, version=mv) == {
+        "source": "model_version", "model_version_id": 7, "loaded": 102, "name": "deepcluster abc",
+        "path": "models/deepcluster/abc.pt"}

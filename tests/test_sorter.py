@@ -190,6 +190,8 @@ def test_train_sorter_job_stores_a_versioned_model_and_predictions(db):
         meta = json.loads((folder / "metadata.json").read_text())
         assert mv.data_hash == meta["data_hash"] and len(mv.data_hash) == 64
         assert meta["config"]["folds"] == 3 and meta["config"]["init"].startswith("none")
+        assert meta["backbone"] == mv.metrics["backbone"] == {"source": "scratch", "model_version_id": None,
+                                                              "loaded": 0}
         assert len(meta["cv"]["folds"]) == 3 and meta["abstention"]["threshold"] > 0
         # the labels the out-of-fold predictions doubt are listed, and those outside the fixed
         # validation split are not trained on
@@ -309,3 +311,52 @@ def test_samx_sort_organises_a_folder_and_abstains_on_what_is_no_radiograph(sqli
     assert again.exit_code != 0 and "not empty" in again.output
     inside = CliRunner().invoke(main, [*args[:3], str(src), str(src / "sorted")])
     assert inside.exit_code != 0 and "must not lie inside" in inside.output
+
+
+def test_versions_record_the_backbone_they_started_from(sqlite_db):
+    """Issue 24: the sorter and the abnormality classifier start from the latest DeepCluster
+    network; every version says which backbone it started from (``metrics["backbone"]``)."""
+    from backend.cli import main
+    from backend.database.schema import ClusterRun, ModelVersion
+    from backend.detector.job import classifier_start
+    from backend.jobs.context import JobFailed
+    from clustering.deepcluster import DeepCluster, DeepClusterConfig
+
+    db, settings = sqlite_db, sqlite_db.settings
+    world = make_sorter_world(db, epochs=1)
+    assert world["job"].status.value == "succeeded", world["job"].error
+    scratch = {"source": "scratch", "model_version_id": None, "loaded": 0}
+    with db.session() as s:
+        assert s.get(ModelVersion, world["model_version"]).metrics["backbone"] == scratch
+    assert classifier_start(settings, db, "deepcluster") == (None, None)  # no DeepCluster network yet: random
+
+    unlabelled = np.random.default_rng(0).random((8, 32, 32)).astype(np.float16)
+    path = settings.models_dir / "deepcluster" / "dc1.pt"
+    DeepCluster(DeepClusterConfig(k=2, epochs=0, width=8, pca_dim=4, seed=4)).fit(unlabelled).save(path)
+    with db.session() as s:
+        dc = ModelVersion(kind="deepcluster", version="dc1", status="ready",
+                          path=str(path.relative_to(settings.data_dir)))
+        s.add(dc)
+        s.flush()
+        s.get(ClusterRun, world["run"]).model_version_id = dc.id
+        dc_id = dc.id
+    job = run_job(db, "train_sorter", epochs=0, folds=0, min_per_class=2, force=True)  # init: deepcluster
+    assert job.status.value == "succeeded", job.error
+    with db.session() as s:
+        mv = s.get(ModelVersion, job.result["model_version_id"])
+        lineage = mv.metrics["backbone"]
+    assert lineage["source"] == "model_version" and lineage["model_version_id"] == dc_id
+    assert lineage["name"] == "deepcluster dc1" and lineage["loaded"] > 60
+    meta = json.loads((settings.data_dir / Path(mv.path).parent / "metadata.json").read_text())
+    assert meta["backbone"] == lineage and meta["config"]["width"] == 8
+
+    start, version = classifier_start(settings, db, "deepcluster")
+    assert start == str(path) and version.id == dc_id
+    assert classifier_start(settings, db, "none") == (None, None)
+    assert classifier_start(settings, db, "imagenet") == ("imagenet", None)
+    with pytest.raises(JobFailed, match="no classifier weights file"):
+        classifier_start(settings, db, str(settings.data_dir / "nothing.pth"))
+
+    out = CliRunner().invoke(main, ["--data-dir", str(settings.data_dir), "models"])
+    assert out.exit_code == 0, out.output
+    assert "backbone scratch" in out.output and "backbone deepcluster dc1" in out.output

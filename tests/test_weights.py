@@ -11,7 +11,7 @@ import torch
 import torchvision
 
 from clustering.deepcluster import DeepCluster, DeepClusterConfig
-from clustering.network import Backbone
+from training.backbone import Backbone
 from training.weights import WeightsError, hub_file, load_into
 
 

@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from torchvision.models import get_model_weights
 
+from training.backbone import ARCHS
+
 #: Names that mean torchvision's pretrained weights of the architecture (its DEFAULT entry).
 IMAGENET = ("imagenet", "torchvision", "default")
 #: Keys of a saved samx model under which its backbone's state dict lies (DeepCluster, sorter).
@@ -74,14 +76,7 @@ def state_dict_of(spec: str | Path, arch: str, *, allow_download: bool = True) -
         except OSError as exc:  # offline (URLError is an OSError), or an unreadable file
             raise WeightsError(f"could not get {weights} ({exc}): on an offline machine place {path.name} "
                                f"(from {weights.url}) in {path.parent}") from None
-    path = Path(os.path.expanduser(str(spec)))
-    if not path.is_file():
-        raise WeightsError(f"no weights file {path}; give a file or one of {', '.join(IMAGENET)}")
-    try:
-        with torch.serialization.safe_globals(NUMPY_ARRAYS):  # tensors, arrays and plain data: no pickle code
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise WeightsError(f"{path} is not a PyTorch weights file ({type(exc).__name__}: {exc})") from None
+    path, state = _read(spec)
     for key in BACKBONE_KEYS:  # a saved samx model: its backbone
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -89,6 +84,32 @@ def state_dict_of(spec: str | Path, arch: str, *, allow_download: bool = True) -
     if not isinstance(state, dict) or not any(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{path} holds no state dict")
     return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}, str(path)
+
+
+def _read(spec: str | Path) -> tuple[Path, object]:
+    path = Path(os.path.expanduser(str(spec)))
+    if not path.is_file():
+        raise WeightsError(f"no weights file {path}; give a file or one of {', '.join(IMAGENET)}")
+    try:
+        with torch.serialization.safe_globals(NUMPY_ARRAYS):  # tensors, arrays and plain data: no pickle code
+            return path, torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise WeightsError(f"{path} is not a PyTorch weights file ({type(exc).__name__}: {exc})") from None
+
+
+def backbone_config_of(spec: str | Path) -> dict | None:
+    """The training.backbone.Backbone config ({"arch", "width", "sobel"}) a saved samx model was
+    built with (DeepCluster and the sorter keep it in their config, the abnormality classifier
+    under config["backbone"]), so a model starting from it can take the same shape; None for
+    ImageNet and plain state dicts, whose shape the caller decides."""
+    if str(spec).lower() in IMAGENET:
+        return None
+    state = _read(spec)[1]
+    config = state.get("config") if isinstance(state, dict) else None
+    config = (config.get("backbone") or config) if isinstance(config, dict) else {}
+    if isinstance(config, dict) and config.get("arch") in ARCHS and {"width", "sobel"} <= set(config):
+        return {"arch": config["arch"], "width": int(config["width"]), "sobel": bool(config["sobel"])}
+    return None
 
 
 def _strip(state: dict[str, torch.Tensor], own: set[str]) -> dict[str, torch.Tensor]:

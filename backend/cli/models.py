@@ -108,18 +108,27 @@ def train_sorter(settings: Settings, epochs: int, folds: int, min_per_class: int
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--warm-start", is_flag=True, help="Fine-tune the active version (same --arch) instead of training "
               "from scratch: a few epochs per labeling round, at a lower learning rate.")
+@click.option("--classifier-weights", default="deepcluster", show_default=True,
+              help="Start the normal/abnormal classifier from: 'deepcluster' (the latest DeepCluster network; random "
+                   "weights while there is none), 'none' (random weights), 'imagenet' (torchvision's ResNet18, from "
+                   "the torch hub cache) or a weights file (a resnet18 state dict or a samx model).")
 @click.option("--background", is_flag=True, help="Queue a job for `samx worker` instead of running here.")
 @pass_settings
 def train_detector(settings: Settings, epochs: int | None, size: int | None, arch: str, tile: int | None,
-                   batch_size: int, lr: float | None, seed: int, warm_start: bool, background: bool) -> None:
+                   batch_size: int, lr: float | None, seed: int, warm_start: bool, classifier_weights: str,
+                   background: bool) -> None:
     """Train the lesion detector and the normal/abnormal classifier on the annotated images.
 
     Judged on the fixed validation split (mAP@0.5, AUROC; the decision-fusion threshold is
     Youden's J there), stored as the active version; the ML backend swaps to it, and the
     unlabelled images are ranked for labeling (pushed to Label Studio when synced)."""
     db = open_db(settings)
+    named = classifier_weights.lower()
+    classifier_weights = named if named in ("deepcluster", "none", *IMAGENET) else \
+        str(Path(classifier_weights).expanduser().resolve())  # the worker may run elsewhere
     params = TrainDetectorParams(epochs=epochs, size=size, arch=arch, tile=tile, batch_size=batch_size, lr=lr,
-                                 seed=seed, warm_start=warm_start, reason="samx train detector")
+                                 seed=seed, warm_start=warm_start, reason="samx train detector",
+                                 classifier_weights=classifier_weights)
     out = run_job(db, JobKind.train_detector, params, background, unit="%")
     if out is None:
         return
@@ -227,6 +236,14 @@ def models(settings: Settings) -> None:
             top1 = m.get("holdout_top1")
             click.echo(f"{'*' if mv.status == ModelStatus.active else ' '} {mv.version}  {mv.status:<8} "
                        f"{mv.created_at:%Y-%m-%d %H:%M}  {m.get('n_images', '?')} images  validation top-1 "
-                       f"{'-' if top1 is None else f'{top1:.3f}'}  {m.get('reason', '')}")
+                       f"{'-' if top1 is None else f'{top1:.3f}'}  backbone {backbone_name(m.get('backbone'))}  "
+                       f"{m.get('reason', '')}")
         if not rows:
             click.echo("no sorter trained yet: `samx train sorter`")
+
+
+def backbone_name(lineage: dict | None) -> str:
+    """The ``backbone`` column: where a version's network started (model_versions.lineage)."""
+    if not lineage:
+        return "-"  # trained before versions recorded it
+    return lineage.get("name") or (Path(lineage["path"]).name if lineage.get("path") else lineage["source"])

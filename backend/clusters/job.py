@@ -12,6 +12,7 @@ import numpy as np
 from sqlalchemy import select
 
 from backend.config import Settings
+from backend.database import model_versions as model_store
 from backend.jobs.context import JobContext, JobFailed
 from backend.jobs.params import ClusterParams, ClusterResult
 from backend.database.schema import (Cluster, ClusterMembership, ClusterRun, ClusterRunStatus, Image, ImageStatus, Label,
@@ -122,7 +123,9 @@ def _store(ctx: JobContext, run_id: int, model: DeepCluster, image_ids: np.ndarr
     with ctx.db.session() as s:
         mv = ModelVersion(kind=ModelKind.deepcluster, version=version, status=ModelStatus.ready,
                           path=str(path.relative_to(settings.data_dir)), config=ctx.params,
-                          metrics={k: v for k, v in metrics.items() if k != "history"}, job_id=ctx.job_id)
+                          metrics={**{k: v for k, v in metrics.items() if k != "history"},
+                                   "backbone": model_store.lineage(model.config.weights, model.init_report_)},
+                          job_id=ctx.job_id)
         s.add(mv)
         s.flush()
         clusters = []

@@ -16,7 +16,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from backend.config import Settings
-from backend.database.schema import ModelKind, ModelStatus, ModelVersion
+from backend.database.schema import ClusterRun, ModelKind, ModelStatus, ModelVersion
+from training.weights import IMAGENET
 
 #: A temporary version folder untouched this long belongs to a writer that was killed (a
 #: version takes seconds to write): the next write of that kind removes it. By age, not by
@@ -39,6 +40,30 @@ def find_version(s: Session, kind: ModelKind, version: str | None) -> ModelVersi
     if version is None:
         return active_version(s, kind)
     return s.scalar(select(ModelVersion).where(ModelVersion.kind == kind, ModelVersion.version == version))
+
+
+def latest_deepcluster(s: Session) -> tuple[ModelVersion, dict] | None:
+    """The newest DeepCluster network and its run's parameters (input size, enhancement): the
+    start of the sorter and of the abnormality classifier."""
+    row = s.execute(select(ModelVersion, ClusterRun.params).join(ClusterRun, ClusterRun.model_version_id == ModelVersion.id)
+                    .where(ModelVersion.kind == ModelKind.deepcluster, ModelVersion.status == ModelStatus.ready)
+                    .order_by(ModelVersion.id.desc()).limit(1)).first()
+    return (row[0], row[1]) if row else None
+
+
+def lineage(weights: str | None, report: dict | None = None, *, version: ModelVersion | None = None) -> dict:
+    """Which backbone a model version started from, in one shape for every kind (kept in its
+    ``metrics`` JSON, so no migration): what a version learned depends on it as much as on its data.
+    ``weights``: None (random), a name in training.weights.IMAGENET or a file; ``version``: the
+    model version that file belongs to; ``report``: the load's report (its ``loaded`` and ``source``)."""
+    report = report or {}
+    out = {"source": "scratch", "model_version_id": None, "loaded": int(report.get("loaded", 0))}
+    if version is not None:
+        return {**out, "source": "model_version", "model_version_id": version.id,
+                "name": f"{version.kind} {version.version}", "path": version.path}
+    if weights and str(weights).lower() in IMAGENET:
+        return {**out, "source": "imagenet", "name": report.get("source", str(weights))}
+    return {**out, "source": "file", "path": str(weights)} if weights else out
 
 
 def write_version_dir(settings: Settings, kind: ModelKind, version: str, fill: Callable[[Path], None]) -> Path:

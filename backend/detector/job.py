@@ -37,6 +37,7 @@ from ml_backend.models.abnormality import AbnormalityClassifier
 from ml_backend.models.active_learning import priority_scores
 from ml_backend.models.detector import DetectorConfig, LesionDetector
 from training import distributed
+from training.weights import IMAGENET, WeightsError
 
 log = logging.getLogger("samx.detector")
 
@@ -48,7 +49,8 @@ WARM_START_LR_SCALE = 0.3
 #: What a training does where its parameters name nothing (tile None: whole images; lr None: FIRST_LR, or
 #: WARM_START_LR_SCALE of it for a warm start; epochs and size: the settings').
 DEFAULTS = TrainDetectorParams(arch="mobilenet_v3", batch_size=4, seed=0, classifier_epochs=15, min_images=4,
-                               reason="manual", rank_batch=50, warm_start=False, follow_active=False)
+                               reason="manual", rank_batch=50, warm_start=False, follow_active=False,
+                               classifier_weights="deepcluster")
 FOLLOWED = ("arch", "tile", "size", "batch_size")  # what a loop's training takes from the active version
 
 
@@ -69,8 +71,8 @@ def data_hash(rows: list[LabelledImage]) -> str:
     return h.hexdigest()
 
 
-def warm_start_weights(settings: Settings, db, arch: str) -> tuple[str, str]:
-    """The active version's detector file and name, to fine-tune from. Each round of the
+def warm_start_weights(settings: Settings, db, arch: str) -> tuple[str, ModelVersion]:
+    """The active version's detector file and row, to fine-tune from. Each round of the
     labeling loop then costs a fraction of a training from scratch (bench/active_learning.py
     trains this way; at the full learning rate it did worse there than from scratch, hence
     WARM_START_LR_SCALE). Another class list only re-initialises the box predictor; another
@@ -80,11 +82,26 @@ def warm_start_weights(settings: Settings, db, arch: str) -> tuple[str, str]:
         if mv is None:
             raise JobFailed("warm start needs an active detector version to start from, and there is none yet: "
                             "train the first one from scratch")
-        version, path, their_arch = mv.version, mv.path, (mv.config or {}).get("arch")
+        their_arch = (mv.config or {}).get("arch")
     if their_arch != arch:
-        raise JobFailed(f"warm start needs the active version's architecture: {version} is {their_arch}, "
+        raise JobFailed(f"warm start needs the active version's architecture: {mv.version} is {their_arch}, "
                         f"this training asks for {arch}")
-    return str(settings.data_dir / path), version
+    return str(settings.data_dir / mv.path), mv
+
+
+def classifier_start(settings: Settings, db, weights: str) -> tuple[str | None, ModelVersion | None]:
+    """The abnormality classifier's weights and the model version they come from. By default the
+    latest DeepCluster network: trained on every image, unlabelled ones too, it has seen far more
+    radiographs than the few annotated ones the classifier learns from (issue 24)."""
+    if weights == "none":
+        return None, None
+    if weights != "deepcluster":
+        if str(weights).lower() not in IMAGENET and not Path(weights).is_file():
+            raise JobFailed(f"no classifier weights file {weights}")
+        return weights, None
+    with db.session() as s:
+        found = model_store.latest_deepcluster(s)
+    return (str(settings.data_dir / found[0].path), found[0]) if found else (None, None)
 
 
 def followed_settings(settings: Settings, db, given: TrainDetectorParams) -> dict:
@@ -120,6 +137,7 @@ def run_train_detector_job(ctx: JobContext) -> dict:
         raise JobFailed(f"none of the {len(rows)} annotated images has a lesion box yet: the detector has nothing "
                         "to learn")
     init, warm_from = warm_start_weights(settings, ctx.db, p.arch) if p.warm_start else (None, None)
+    clf_weights, clf_from = classifier_start(settings, ctx.db, p.classifier_weights)
     lr = float(p.lr) if p.lr is not None else FIRST_LR * (WARM_START_LR_SCALE if init else 1.0)
     cfg = DetectorConfig(arch=p.arch, size=int(p.size), epochs=int(p.epochs), batch_size=int(p.batch_size),
                          lr=lr, seed=int(p.seed), tile=None if p.tile is None else int(p.tile),
@@ -139,8 +157,11 @@ def run_train_detector_job(ctx: JobContext) -> dict:
     classifier = None
     if len(set(y[train].tolist())) == 2:
         ctx.progress(75, 100, "image-level classifier", force=True)
-        classifier = AbnormalityClassifier(epochs=int(p.classifier_epochs), seed=int(p.seed)).fit(
-            [inputs[i] for i in train], y[train])
+        try:
+            classifier = AbnormalityClassifier(epochs=int(p.classifier_epochs), seed=int(p.seed),
+                                               weights=clf_weights).fit([inputs[i] for i in train], y[train])
+        except WeightsError as exc:
+            raise JobFailed(f"the classifier cannot start from {clf_weights}: {exc}") from None
 
     threshold, metrics, roc_tmp = 0.5, None, None
     if len(val):
@@ -155,8 +176,12 @@ def run_train_detector_job(ctx: JobContext) -> dict:
             "classes": classes, "n_images": len(rows), "n_train": len(train), "n_val": len(val),
             "n_abnormal": int(y.sum()), "data_hash": data_hash(rows), "config": asdict(cfg),
             "classifier": classifier is not None, "fusion_threshold": float(threshold), "metrics": metrics,
-            "history": [asdict(h) for h in detector.history_], "trigger": p.reason, "warm_start": warm_from,
-            "init_report": detector.init_report_, "processes": distributed.world_size()}  # > 1: under torchrun
+            "history": [asdict(h) for h in detector.history_], "trigger": p.reason,
+            "warm_start": warm_from.version if warm_from else None, "init_report": detector.init_report_,
+            "backbone": model_store.lineage(init, detector.init_report_, version=warm_from),
+            "classifier_backbone": None if classifier is None else
+            model_store.lineage(clf_weights, classifier.init_report_, version=clf_from),
+            "processes": distributed.world_size()}  # > 1: under torchrun
 
     def fill(tmp: Path) -> None:
         detector.save(tmp / "detector.pt")
@@ -183,13 +208,14 @@ def run_train_detector_job(ctx: JobContext) -> dict:
     ctx.progress(100, 100, "done", force=True)
     return TrainDetectorResult(model_version_id=mv_id, version=version, images=len(rows), validation_images=len(val),
                                map50=(metrics or {}).get("map50"), fusion_threshold=float(threshold), ranked=ranked,
-                               warm_start=warm_from).to_json()
+                               warm_start=meta["warm_start"]).to_json()
 
 
 def _summary(meta: dict) -> dict:
     m = meta.get("metrics") or {}
     return {"map50": m.get("map50"), "ap50": m.get("ap50"), "auroc": (m.get("auroc") or {}).get("auroc"),
-            "n_images": meta["n_images"], "n_val": meta["n_val"], "fusion_threshold": meta["fusion_threshold"]}
+            "n_images": meta["n_images"], "n_val": meta["n_val"], "fusion_threshold": meta["fusion_threshold"],
+            "backbone": meta["backbone"], "classifier_backbone": meta["classifier_backbone"]}
 
 
 def rank_unlabelled(settings: Settings, db, detector: LesionDetector, classifier: AbnormalityClassifier | None,

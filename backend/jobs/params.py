@@ -345,6 +345,9 @@ class TrainDetectorParams(JobParams):
     rank_batch: int | None = None  # the active-learning batch the ranking spreads over
     warm_start: bool | None = None  # fine-tune the active version
     follow_active: bool | None = None  # the labeling loop's training: continue the active version
+    #: The normal/abnormal classifier's start: deepcluster (the latest DeepCluster network, random
+    #: weights while there is none), none (random weights), imagenet, or a weights file (None: deepcluster).
+    classifier_weights: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

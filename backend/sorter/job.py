@@ -23,9 +23,10 @@ import numpy as np
 from sqlalchemy import delete, insert, select, update
 
 from backend.config import Settings
+from backend.database import model_versions as model_store
 from backend.jobs.context import JobContext, JobFailed
 from backend.jobs.params import AcrossFolds, PredictParams, PredictResult, TrainSorterParams, TrainSorterResult
-from backend.database.schema import (ClusterRun, Image, ImageStatus, Label, LabelKind, ModelKind, ModelStatus, ModelVersion,
+from backend.database.schema import (Image, ImageStatus, Label, LabelKind, ModelKind, ModelStatus, ModelVersion,
                                      SorterPrediction, WeakLabel)
 from backend.sorter.store import active_version, load_sorter, write_version
 from backend.images.tensors import load_tensors
@@ -67,13 +68,6 @@ def _training_rows(s) -> list:
         .order_by(Image.id)).all()
 
 
-def _latest_deepcluster(s) -> tuple[ModelVersion, dict] | None:
-    row = s.execute(select(ModelVersion, ClusterRun.params).join(ClusterRun, ClusterRun.model_version_id == ModelVersion.id)
-                    .where(ModelVersion.kind == ModelKind.deepcluster, ModelVersion.status == ModelStatus.ready)
-                    .order_by(ModelVersion.id.desc()).limit(1)).first()
-    return (row[0], row[1]) if row else None
-
-
 def data_hash(rows) -> str:
     """What the version was trained on: sorted (content hash, label) pairs."""
     digest = hashlib.sha256()
@@ -88,7 +82,7 @@ def run_train_sorter_job(ctx: JobContext) -> dict:
     t0 = time.perf_counter()
     with ctx.db.session() as s:
         rows = _training_rows(s)
-        deepcluster = _latest_deepcluster(s)
+        deepcluster = model_store.latest_deepcluster(s)
         previous = active_version(s)
         previous = (previous.id, previous.version, previous.path) if previous else None
     counts = Counter(r.name for r in rows)
@@ -103,13 +97,14 @@ def run_train_sorter_job(ctx: JobContext) -> dict:
     groups = group_images((r.id, r.patient_pseudonym, r.study_uid) for r in rows)
     group_keys = [groups[r.id] for r in rows]
 
-    init, init_note = None, "none (random weights)"
+    init, init_note, backbone = None, "none (random weights)", model_store.lineage(None)
     size, method = int(job.size or 64), job.method or "fhe"
     if job.init == "deepcluster" and deepcluster is not None:
         mv, run_params = deepcluster
         size, method = int(run_params.get("size", 64)), run_params.get("method", "fhe")
         init = DeepCluster.load(settings.data_dir / mv.path).backbone_
         init_note = f"deepcluster {mv.version}"
+        backbone = model_store.lineage(None, {"loaded": len(init.state_dict())}, version=mv)
 
     images = load_tensors(settings, [(r.content_hash, r.store_path) for r in rows], size=size, method=method,
                           progress=lambda d, n: ctx.progress(int(10 * d / n), 100, f"preparing images {d}/{n}"))
@@ -159,7 +154,7 @@ def run_train_sorter_job(ctx: JobContext) -> dict:
                        "folds": n_folds, "min_per_class": int(job.min_per_class), "clean": bool(job.clean),
                        "processes": distributed.world_size()},  # > 1: trained under torchrun
             "cv": _finite(cv), "cleaning": cleaning, "holdout": _finite(held_metrics),
-            "abstention": asdict(model.abstention_),
+            "abstention": asdict(model.abstention_), "backbone": backbone,
             "history": [asdict(h) for h in model.history_], "previous": prev_info, "promoted": promoted,
             "reason": reason, "trigger": job.reason, "seconds": None}
 
@@ -252,7 +247,8 @@ def _stored_metrics(meta: dict) -> dict:
             "holdout_top2": held["top2"], "holdout_coverage": held.get("coverage"),
             "cv_top1": cv.get("top1"), "cv_top2": cv.get("top2"), "promoted": meta["promoted"],
             "reason": meta["reason"], "trigger": meta["trigger"], "previous": meta["previous"],
-            "threshold": meta["abstention"]["threshold"], "seconds": meta["seconds"]}
+            "threshold": meta["abstention"]["threshold"], "seconds": meta["seconds"],
+            "backbone": meta["backbone"]}  # where it started (model_versions.lineage)
 
 
 def _gradcam_examples(model: Sorter, images, y, pred: Predictions, ids, per_class: int = 2) -> list[dict]:

@@ -26,9 +26,9 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from clustering.augment import AugmentedImages, training_transform
-from clustering.network import Backbone
 from imaging.files import save_torch_atomic
 from training import distributed, engine
+from training.backbone import Backbone
 from training.engine import Progress, train_one_epoch
 
 UNSURE = -1

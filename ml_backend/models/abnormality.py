@@ -1,7 +1,9 @@
 """Image-level normal / abnormal classifier, the first half of VinDr-SpineXR's decision fusion.
 
-A torchvision ResNet18 trained from scratch on letterboxed grayscale images (its first
-convolution takes one channel: from scratch there is nothing to gain from three copies).
+training.backbone's ResNet with a two-class head, on letterboxed grayscale images. From
+scratch it is torchvision's ResNet18 with a one-channel first convolution; it can start from
+ImageNet weights or from a samx model's backbone (DeepCluster's, trained on every unlabelled
+image, or the sorter's), taking that backbone's shape (width, Sobel input) so every tensor fits.
 Abnormal images are usually the minority, so the loss is class-weighted ("balanced")."""
 from __future__ import annotations
 
@@ -14,17 +16,23 @@ import torch
 from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from torchvision.models import resnet18
 
 from imaging.files import save_torch_atomic
 from training import engine
+from training.backbone import Backbone
 from training.engine import Progress, train_one_epoch
+from training.weights import IMAGENET, backbone_config_of, load_into
 
 from .augment import classification_transform
 from .preprocess import check_image, letterbox
 from .schedule import one_cycle
 
-FILE_FORMAT = "samx.abnormality/1"
+FILE_FORMAT = "samx.abnormality/2"
+#: Files of the first format hold torchvision's resnet18 (``conv1.weight`` ... ``fc.bias``): the
+#: scratch backbone below with other key names, mapped on load.
+OLD_FORMAT = "samx.abnormality/1"
+#: The backbone from scratch and for ImageNet weights: torchvision's ResNet18, one input channel.
+SCRATCH = {"arch": "resnet18", "width": 64, "sobel": False}
 
 
 @dataclass
@@ -40,6 +48,13 @@ class AbnormalityConfig:
     bn_images: int = 1024  # training images BatchNorm statistics are recomputed on after fit
     device: str = "auto"
     seed: int = 0
+    #: Start from pretrained weights: "imagenet" (torchvision's ResNet18) or a file, a torchvision
+    #: resnet18 state dict or a saved samx model (DeepCluster, sorter, classifier) whose backbone
+    #: it takes (training.weights). None: random weights.
+    weights: str | None = None
+    #: The training.backbone.Backbone config {"arch", "width", "sobel"}; None: SCRATCH, or the
+    #: one a samx model in ``weights`` was built with (set by fit, saved with the classifier).
+    backbone: dict | None = None
 
 
 @dataclass(kw_only=True)
@@ -47,10 +62,27 @@ class EpochLog(engine.EpochLog):
     val_auroc: float | None = None
 
 
-def build_model() -> nn.Module:
-    net = resnet18(weights=None, num_classes=2)
-    net.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
-    return net
+class AbnormalityNet(nn.Module):
+    def __init__(self, backbone: dict):
+        super().__init__()
+        self.backbone = Backbone(**backbone)
+        self.head = nn.Linear(self.backbone.out_dim, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+def backbone_for(cfg: AbnormalityConfig) -> dict:
+    """A samx model's backbone shape wins over ``cfg.backbone``: its weights fit nothing else.
+    ImageNet weights are torchvision's ResNet18 at width 64 without Sobel input."""
+    if cfg.weights and str(cfg.weights).lower() in IMAGENET:
+        return dict(SCRATCH)
+    return (backbone_config_of(cfg.weights) if cfg.weights else None) or dict(cfg.backbone or SCRATCH)
+
+
+def _old_layout(state: dict) -> dict:
+    """A first-format file's torchvision resnet18 keys as AbnormalityNet names them."""
+    return {f"head.{k[3:]}" if k.startswith("fc.") else f"backbone.net.{k}": v for k, v in state.items()}
 
 
 class _Images(Dataset):
@@ -71,6 +103,7 @@ class AbnormalityClassifier:
     def __init__(self, config: AbnormalityConfig | None = None, **overrides):
         self.config = AbnormalityConfig(**{**asdict(config or AbnormalityConfig()), **overrides})
         self.history_: list[EpochLog] = []
+        self.init_report_: dict | None = None  # what the pretrained start loaded (None: from scratch)
 
     @property
     def device(self) -> torch.device:
@@ -89,8 +122,12 @@ class AbnormalityClassifier:
         dev = self.device
         with torch.random.fork_rng():  # seed without disturbing the caller's random state
             torch.manual_seed(cfg.seed)
-            net = build_model().to(dev)
-            self.net_ = net
+            cfg.backbone = backbone_for(cfg)
+            net = AbnormalityNet(cfg.backbone)
+            self.init_report_ = None
+            if cfg.weights:
+                self.init_report_ = load_into(net.backbone, cfg.weights, arch=cfg.backbone["arch"]).to_dict()
+            self.net_ = net = net.to(dev)
             present = np.unique(y)
             weights = np.zeros(2, np.float32)
             weights[present] = compute_class_weight("balanced", classes=present, y=y)
@@ -150,7 +187,7 @@ class AbnormalityClassifier:
     def state(self) -> dict:
         return {"format": FILE_FORMAT, "config": asdict(self.config),
                 "state_dict": {k: v.detach().cpu() for k, v in self.net_.state_dict().items()},
-                "history": [asdict(h) for h in self.history_]}
+                "history": [asdict(h) for h in self.history_], "init_report": self.init_report_}
 
     def save(self, path: str | Path) -> Path:
         return save_torch_atomic(self.state(), path)
@@ -158,13 +195,15 @@ class AbnormalityClassifier:
     @classmethod
     def load(cls, path: str | Path, device: str | None = None) -> "AbnormalityClassifier":
         state = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict) or state.get("format") != FILE_FORMAT:
+        if not isinstance(state, dict) or state.get("format") not in (FILE_FORMAT, OLD_FORMAT):
             raise ValueError(f"{path}: not a samx abnormality classifier file")
         clf = cls(AbnormalityConfig(**state["config"]))
         if device is not None:
             clf.config.device = device
-        clf.net_ = build_model()
-        clf.net_.load_state_dict(state["state_dict"])
+        clf.net_ = AbnormalityNet(clf.config.backbone or SCRATCH)
+        old = state["format"] == OLD_FORMAT
+        clf.net_.load_state_dict(_old_layout(state["state_dict"]) if old else state["state_dict"])
         clf.net_.to(clf.device).eval()
         clf.history_ = [EpochLog(**h) for h in state["history"]]
+        clf.init_report_ = state.get("init_report")
         return clf

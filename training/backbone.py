@@ -1,4 +1,9 @@
-"""The DeepCluster backbone: a torchvision ResNet on Sobel-filtered grayscale radiographs."""
+"""The one backbone every samx model can start from: a torchvision ResNet on grayscale
+radiographs, at any width, optionally behind fixed Sobel filters (DeepCluster's input).
+
+It lives here, below clustering and ml_backend, so that the network DeepCluster trains on every
+unlabelled image can initialise the sorter and the abnormality classifier alike; its state dict
+names (``sobel.weight``, ``net.conv1.weight``, ...) are those of every saved file, so keep them."""
 from __future__ import annotations
 
 import torch
