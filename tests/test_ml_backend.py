@@ -210,6 +210,29 @@ def test_train_detector_job_stores_a_version_and_ranks_the_unlabelled(world, tra
     assert [r["priority"] for r in ranking] == sorted((r["priority"] for r in ranking), reverse=True)
 
 
+def test_samx_eval_judges_the_stored_version_with_its_own_threshold(world, trained, tmp_path):
+    from backend.detector.evaluation import evaluate_version
+
+    report = evaluate_version(world["settings"], world["db"], split="all", out=tmp_path)
+    with world["db"].session() as s:
+        mv = s.get(ModelVersion, trained.result["model_version_id"])
+    meta = json.loads((world["settings"].data_dir / Path(mv.path).parent / "metadata.json").read_text())
+    assert report["version"] == mv.version and report["n_images"] == 10
+    assert report["fusion_threshold"] == pytest.approx(trained.result["fusion_threshold"])
+    # a stored version's own c*, chosen at training time; without a classifier there is nothing to fuse
+    assert report["threshold_selection"].startswith("given" if meta["classifier"] else "no classifier")
+    assert report["map50"] is not None and report["box_accuracy_at_operating_point"]["iou_threshold"] == 0.5
+    assert json.loads((tmp_path / "metrics.json").read_text()) == json.loads(json.dumps(report))
+    from click.testing import CliRunner
+
+    from backend.cli import main
+
+    shown = CliRunner().invoke(main, ["--data-dir", str(world["settings"].data_dir), "eval", "--split", "all"],
+                               catch_exceptions=False).output
+    assert f"detector {mv.version} on 10 all images" in shown and "at the operating point" in shown
+    assert f"fusion threshold c* {report['fusion_threshold']:.3f}: {report['threshold_selection']}" in shown
+
+
 @pytest.fixture(scope="module")
 def client(world, trained):
     backend = ml_backend_service(world["settings"], world["db"])

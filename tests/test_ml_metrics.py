@@ -5,10 +5,20 @@ import json
 
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
+from ml_backend.models import metrics
 from ml_backend.models.boxes import Detections
 from ml_backend.models.fusion import fuse, youden_threshold
-from ml_backend.models.metrics import auroc_ci, box_accuracy, detection_map, evaluate, roc_plot, sensitivity_at_fpr
+from ml_backend.models.metrics import (
+    auroc_ci,
+    box_accuracy,
+    box_accuracy_ci,
+    detection_map,
+    evaluate,
+    roc_plot,
+    sensitivity_at_fpr,
+)
 
 A, B = "benign", "malignant"
 BOX1, BOX2, FAR = [10, 10, 20, 20], [60, 60, 30, 20], [150, 150, 10, 10]
@@ -112,6 +122,23 @@ def test_box_accuracy_by_hand():
     assert box_accuracy([det([], [])], [det([BOX1], [A], [0.9])])["accuracy"] is None
 
 
+def test_box_accuracy_at_the_operating_score_with_intervals():
+    gt = [det([[0, 0, 10, 10]], [A]), det([[0, 0, 10, 10]], [A]), det([[0, 0, 10, 10]], [A]), det([], [])]
+    pred = [det([[0, 0, 10, 8]], [A], [0.9]),  # IoU 0.8
+            det([[0, 0, 10, 6]], [A], [0.5]),  # IoU 0.6, at the operating score: counts
+            det([[0, 0, 10, 10]], [A], [0.4]),  # exact, but under it
+            det([FAR], [A], [0.9])]
+    r = box_accuracy_ci(gt, pred, score_threshold=0.5, n_boot=2000, seed=0)
+    assert r["accuracy"] == pytest.approx(2 / 3) and r["mean_iou"] == pytest.approx(0.7)
+    assert r["sd_iou"] == pytest.approx(np.std([0.8, 0.6], ddof=1), abs=1e-6)
+    assert r["score_threshold"] == 0.5 and r["iou_threshold"] == 0.5 and r["n_matched"] == 2
+    assert 0.0 <= r["accuracy_ci95"][0] < 2 / 3 < r["accuracy_ci95"][1] == 1.0
+    assert 0.6 - 1e-6 <= r["mean_iou_ci95"][0] < 0.7 < r["mean_iou_ci95"][1] <= 0.8 + 1e-6
+    assert 0 < r["n_boot"] < 2000 and r["n_boot_iou"] < r["n_boot"]  # resamples without a box / a match skipped
+    assert box_accuracy_ci(gt, pred, score_threshold=0.0, n_boot=10)["accuracy"] == 1.0
+    json.dumps(r, allow_nan=False)
+
+
 # -- image level ----------------------------------------------------------------------------------
 def test_auroc_of_perfect_and_inverted_scorers():
     y = np.array([0, 0, 0, 1, 1, 1, 0, 1])
@@ -157,6 +184,69 @@ def test_sensitivity_bootstrap_is_deterministic_and_brackets_the_estimate():
     assert 0.2 < r["sensitivity"] < 0.8
 
 
+def _tied_scores(n=120, seed=0):
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < 0.3).astype(int)
+    return y, np.round(y + rng.normal(0, 1, n), 1)  # rounded: many ties, across the classes too
+
+
+@pytest.mark.parametrize("fpr", [0.0, 0.015, 0.1, 0.37, 1.0])
+def test_vectorised_statistics_equal_sklearn_on_each_resample(fpr):
+    y, p = _tied_scores()
+    w = next(metrics._resample_counts(len(y), 300, seed=7))  # the same draws, per image
+    idx = [np.repeat(np.arange(len(y)), row) for row in w]
+    two = [ix for ix in idx if len(set(y[ix])) == 2]
+    pos, neg = next(metrics._score_counts(y, p, 300, seed=7))
+    assert len(pos) == len(two)
+    np.testing.assert_allclose(metrics._auroc_of_counts(pos, neg), [roc_auc_score(y[ix], p[ix]) for ix in two],
+                               rtol=0, atol=1e-12)
+    np.testing.assert_allclose(metrics._sensitivity_of_counts(pos, neg, fpr),
+                               [metrics._sensitivity(y[ix], p[ix], fpr) for ix in two], rtol=0, atol=1e-12)
+
+
+def test_resamples_with_one_class_are_skipped():
+    y, p = np.array([0] * 9 + [1]), np.linspace(0, 1, 10)
+    w = np.vstack(list(metrics._resample_counts(10, 500, seed=0)))
+    kept = sum(len(pos) for pos, _ in metrics._score_counts(y, p, 500, seed=0))
+    assert kept == int((w[:, 9] > 0).sum()) < 500 and auroc_ci(y, p, 500)["n_boot"] == kept
+
+
+def test_resample_counts_are_the_old_loops_draws_in_bounded_chunks():
+    rng = np.random.default_rng(5)
+    loop = [np.bincount(rng.integers(0, 50, 50), minlength=50) for _ in range(230)]
+    chunks = list(metrics._resample_counts(50, 230, seed=5, chunk_cells=50 * 100))
+    assert [len(c) for c in chunks] == [100, 100, 30]
+    np.testing.assert_array_equal(np.vstack(chunks), loop)
+    assert (np.vstack(chunks).sum(1) == 50).all()
+
+
+def test_bootstrap_interval_is_the_old_loops_on_the_same_seed():
+    """The old interval: a Python loop resampling indices and calling sklearn per resample."""
+    y, p = _tied_scores(200, seed=1)
+
+    def loop(stat, n_boot=400, seed=3):
+        rng, values = np.random.default_rng(seed), []
+        for _ in range(n_boot):
+            idx = rng.integers(0, len(y), len(y))
+            if y[idx].min() != y[idx].max():
+                values.append(stat(y[idx], p[idx]))
+        return list(np.percentile(values, [2.5, 97.5])), len(values)
+
+    ci, used = loop(roc_auc_score)
+    r = auroc_ci(y, p, n_boot=400, seed=3)
+    assert r["ci95"] == pytest.approx(ci, abs=1e-12) and r["n_boot"] == used
+    ci, used = loop(lambda a, b: metrics._sensitivity(a, b, 0.1))
+    r = sensitivity_at_fpr(y, p, fpr=0.1, n_boot=400, seed=3)
+    assert r["ci95"] == pytest.approx(ci, abs=1e-12) and r["n_boot"] == used
+
+
+def test_ten_thousand_resamples_by_default():
+    y, p = _tied_scores(200)
+    a, s = auroc_ci(y, p), sensitivity_at_fpr(y, p)
+    assert a["n_boot"] == s["n_boot"] == 10_000  # 60 abnormal of 200: no resample misses a class
+    assert a["ci95"][0] < a["auroc"] < a["ci95"][1]
+
+
 def test_roc_plot_writes_a_png(tmp_path):
     out = roc_plot(SENS_Y, SENS_P, tmp_path / "roc.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -171,6 +261,22 @@ def test_evaluate_is_json_ready(tmp_path):
     assert r["box_accuracy"]["accuracy"] == pytest.approx(0.5)
     assert r["auroc"]["auroc"] == pytest.approx(0.625)  # image scores (.9, .3, 0, 0) for (1, 0, 1, 0): (1 + 1 + 0 + .5) / 4
     assert (tmp_path / "roc.png").exists() and r["n_abnormal"] == 2
+    assert r["best_box"]["auroc"] == r["auroc"] and r["image_score"] == "best box"
+    assert r["box_accuracy_at_operating_point"]["accuracy"] == pytest.approx(0.5)  # the 0.9 box is above 0.5
+
+
+def test_evaluate_scores_the_classifier_and_the_raw_detector_side_by_side():
+    gt = [det([BOX1], [A]), det([], []), det([BOX2], [B]), det([], [])]
+    raw = [det([BOX1], [A], [0.9]), det([FAR], [A], [0.3]), det([BOX2], [B], [0.4]), det([], [])]
+    shown = [raw[0], det([], []), det([], []), det([], [])]  # fusion dropped the weak boxes
+    p = [0.8, 0.1, 0.2, 0.3]
+    r = evaluate(gt, shown, [A, B], p_abnormal=p, raw=raw, n_boot=50)
+    json.dumps(r, allow_nan=False)
+    assert r["image_score"] == "classifier"
+    assert r["auroc"]["auroc"] == pytest.approx(roc_auc_score([1, 0, 1, 0], p))  # 0.75
+    assert r["best_box"]["auroc"]["auroc"] == pytest.approx(1.0)  # raw best boxes .9 .3 .4 0
+    assert r["best_box"]["sensitivity_at_fpr"]["sensitivity"] == pytest.approx(1.0)
+    assert r["box_accuracy"]["accuracy"] == pytest.approx(0.5)  # the shown boxes
 
 
 # -- fusion -----------------------------------------------------------------------------------------

@@ -163,8 +163,18 @@ def eval_(settings: Settings, version: str | None, split: str, out: str | None, 
     click.echo(f"  mAP@0.5 (COCO 101-point): {fmt(r['map50'])}   " + "   ".join(
         f"AP {c}: {fmt(v)}" for c, v in r["ap50"].items()))
     click.echo(f"  boxes found at IoU > 0.5: {fmt(box.get('accuracy'))}, mean IoU {fmt(box.get('mean_iou'))}")
-    click.echo(f"  AUROC {fmt(auc.get('auroc'))} (95% CI {_ci(auc.get('ci95'))}); sensitivity at "
-               f"{100 * sens.get('fpr', 0.015):.1f}% FPR {fmt(sens.get('sensitivity'))} (95% CI {_ci(sens.get('ci95'))})")
+    op = r.get("box_accuracy_at_operating_point")
+    if op:
+        click.echo(f"  at the operating point (boxes scoring >= {op['score_threshold']:g}): found {fmt(op['accuracy'])} "
+                   f"(95% CI {_ci(op.get('accuracy_ci95'))}), mean IoU {fmt(op['mean_iou'])} +- {fmt(op.get('sd_iou'))}")
+    scorings = [(r.get("image_score", "classifier"), auc, sens)]
+    if r.get("best_box") and r.get("image_score") != "best box":
+        scorings.append(("best box", r["best_box"]["auroc"], r["best_box"]["sensitivity_at_fpr"]))
+    for name, a, se in scorings:
+        click.echo(f"  {name}: AUROC {fmt(a.get('auroc'))} (95% CI {_ci(a.get('ci95'))}); sensitivity at "
+                   f"{100 * se.get('fpr', 0.015):.1f}% FPR {fmt(se.get('sensitivity'))} (95% CI {_ci(se.get('ci95'))})")
+    if r.get("threshold_selection"):
+        click.echo(f"  fusion threshold c* {fmt(r.get('fusion_threshold'))}: {r['threshold_selection']}")
     if out:
         click.echo(f"  written: {Path(out) / 'metrics.json'}" + (f", {r['roc_png']}" if r.get("roc_png") else ""))
 

@@ -3,9 +3,11 @@ labelled images from our database: the training job on its fixed validation spli
 eval`` on that split or on every labelled image.
 
 Boxes are scored after decision fusion (what the radiologist is shown); the image-level
-scores are the classifier's p(abnormal) when the version has one, else the best box score."""
+scores are the classifier's p(abnormal) when the version has one, else the best box score, and
+the detector's best box score beside it in any case ("best_box")."""
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from training.splits import group_images
 from ml_backend.models.abnormality import AbnormalityClassifier
 from ml_backend.models.boxes import Detections
 from ml_backend.models.detector import LesionDetector
-from ml_backend.models.fusion import fuse, youden_threshold
+from ml_backend.models.fusion import fuse_one, youden_threshold
 from ml_backend.models.metrics import evaluate
 
 
@@ -34,21 +36,56 @@ def validation_mask(rows: Sequence[LabelledImage]) -> np.ndarray:
     return np.zeros(len(rows), bool) if held.all() or not held.any() else held
 
 
+def crossfit_folds(rows: Sequence[LabelledImage], y: np.ndarray) -> np.ndarray | None:
+    """Fold 0 or 1 of each image, by patient/study group, or None when a fold would lack a class.
+    Groups alternate between the folds in a hash order, normal-only groups first, then those with
+    an abnormal image, so both folds get both classes whenever there are two groups of each."""
+    groups = group_images((r.image_id, r.patient, r.study) for r in rows)
+    keys = [groups[r.image_id] for r in rows]
+    abnormal = {k for k, a in zip(keys, y) if a}
+    order = sorted(set(keys), key=lambda k: (k in abnormal, hashlib.sha256(f"samx-crossfit:{k}".encode()).digest()))
+    fold_of = {k: i % 2 for i, k in enumerate(order)}
+    fold = np.array([fold_of[k] for k in keys], int)
+    ok = all(set(y[fold == f].tolist()) == {0, 1} for f in (0, 1))
+    return fold if ok else None
+
+
 def judge(rows: Sequence[LabelledImage], inputs: Sequence[np.ndarray], detector: LesionDetector,
           classifier: AbnormalityClassifier | None, *, threshold: float | None = None,
-          roc_path: str | Path | None = None) -> tuple[dict, float]:
-    """(metrics, fusion threshold). ``threshold`` None: Youden's J on these images (the
-    training job, on its validation split); a stored version passes its own."""
+          box_score: float = 0.5, roc_path: str | Path | None = None) -> tuple[dict, float]:
+    """(metrics, fusion threshold). ``threshold`` None (the training job, on its validation
+    split): the threshold returned for serving is Youden's J on all these images, but the boxes
+    are judged cross-fitted: each of two patient folds fused with the c* chosen on the other, as
+    a c* chosen on the images it is judged on flatters the fusion. A stored version passes its own
+    threshold, the one it serves with, so ``samx eval`` judges what is served: on the validation
+    split that c* was chosen on these same images at training time (the version's stored metrics
+    hold the cross-fitted figures); on images added since, it was not. "threshold_selection" says
+    which of these the metrics are."""
     y = np.array([int(r.abnormal) for r in rows])
     both = len(set(y.tolist())) == 2
     raw = [to_original(d, scale_of(r.width, r.height, x)) for d, r, x in zip(detector.predict(inputs), rows, inputs)]
     p = classifier.predict_proba(inputs) if classifier is not None else None
-    if threshold is None:
-        threshold = youden_threshold(y, p) if p is not None and both else 0.5
-    shown = fuse(raw, p, threshold) if p is not None else raw
+    fold = fold_thresholds = None
+    if p is None:
+        selection = "no classifier: no fusion"
+    elif threshold is not None:
+        selection = "given: the version's own, chosen at training time"
+    elif not both:
+        threshold, selection = 0.5, "default 0.5 (one class only)"
+    else:
+        threshold, fold = youden_threshold(y, p), crossfit_folds(rows, y)
+        selection = "same images (too few to split)" if fold is None else "2-fold cross-fit by patient"
+    if fold is not None:  # fold f's c* is chosen on the other fold
+        fold_thresholds = [float(youden_threshold(y[fold != f], p[fold != f])) for f in (0, 1)]
+    shown = raw
+    if p is not None:
+        per_image = np.full(len(rows), threshold) if fold is None else np.array(fold_thresholds)[fold]
+        shown = [fuse_one(d, float(q), float(c), box_score) for d, q, c in zip(raw, p, per_image)]
+    threshold = 0.5 if threshold is None else threshold
     gt = [Detections(r.boxes, None, r.labels) for r in rows]
-    metrics = evaluate(gt, shown, detector.classes, y_abnormal=y, p_abnormal=p,
+    metrics = evaluate(gt, shown, detector.classes, y_abnormal=y, p_abnormal=p, raw=raw, box_score=box_score,
                        roc_path=roc_path if both else None)
+    metrics |= {"threshold_selection": selection, "fold_thresholds": fold_thresholds}
     return metrics, float(threshold)
 
 
