@@ -50,7 +50,8 @@ class CocoWriter:
         for box in sorted(image.boxes, key=BoxRecord.sort_key):
             counts[1] += 1
             ann = {"id": counts[1], "image_id": image.id, "category_id": box.category_id,
-                   "bbox": [box.x, box.y, box.w, box.h], "area": box.area, "iscrowd": 0}
+                   "bbox": [box.x, box.y, box.w, box.h], "area": box.area, "iscrowd": 0,
+                   "segmentation": []}  # boxes only: no mask (datumaro warns when the key is missing)
             if box.score is not None:
                 ann["score"] = box.score
             anns.write(("," if counts[1] > 1 else "") + "\n" + _dump(ann))
@@ -100,6 +101,8 @@ def read_coco(annotation_file: Path, image_dir: Path) -> tuple[list[Category], I
                     rec.problems.append(f"annotation {a.get('id')}: iscrowd regions are not boxes; skipped")
                     continue
                 rec.boxes.append((name, x, y, w, h))
+            if im.get("id") not in by_image:
+                rec.normal = True  # an image listed without annotations is a negative (COCOeval's reading)
             yield rec
 
     return cats, generate()

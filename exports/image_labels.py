@@ -5,13 +5,18 @@ import csv
 from pathlib import Path
 from typing import Iterator
 
+from exports.manifest import SAMX_DIR
+
 COLUMNS = ("file", "image_id", "split", "region", "region_source", "region_confidence", "lesion_boxes", "abnormal")
-FILE_NAME = "image_labels.csv"
+FILE_NAME = f"{SAMX_DIR}/image_labels.csv"
+OLD_FILE_NAME = "image_labels.csv"  # at the root, before the samx/ folder
 
 
 class ImageLabelsWriter:
     def __init__(self, out: Path):
-        self._f = open(Path(out) / FILE_NAME, "w", encoding="utf-8", newline="")
+        path = Path(out) / FILE_NAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(path, "w", encoding="utf-8", newline="")
         self._w = csv.writer(self._f, lineterminator="\n")
         self._w.writerow(COLUMNS)
 
@@ -20,6 +25,11 @@ class ImageLabelsWriter:
 
     def close(self) -> None:
         self._f.close()
+
+
+def find_image_labels(root: Path) -> Path | None:
+    """A dataset's image_labels.csv: samx/ first, then the root (older exports, or one made to match)."""
+    return next((p for p in (Path(root) / FILE_NAME, Path(root) / OLD_FILE_NAME) if p.is_file()), None)
 
 
 def read_image_labels(path: Path) -> Iterator[dict[str, str]]:

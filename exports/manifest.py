@@ -1,4 +1,6 @@
-"""manifest.json (counts, filters, checksum) and SHA256SUMS (``sha256sum -c SHA256SUMS``)."""
+"""samx's own files in a dataset, under samx/ so no format's layout sees them (datumaro took a
+root-level CSV for a "tabular" dataset): manifest.json (counts, filters, checksum), SHA256SUMS
+(``sha256sum -c samx/SHA256SUMS`` from the dataset's folder) and image_labels.csv."""
 from __future__ import annotations
 
 import hashlib
@@ -6,11 +8,13 @@ import json
 import os
 from pathlib import Path
 
-MANIFEST = "manifest.json"
-SUMS = "SHA256SUMS"
+SAMX_DIR = "samx"
+MANIFEST = f"{SAMX_DIR}/manifest.json"
+SUMS = f"{SAMX_DIR}/SHA256SUMS"
+OLD_MANIFEST = "manifest.json"  # where exports before the samx/ folder had it
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
@@ -30,11 +34,12 @@ def dataset_files(out: Path) -> list[str]:
     return sorted(files, key=lambda s: s.encode())
 
 
-def write_manifest(out: Path, manifest: dict) -> dict:
-    """Hash every file into SHA256SUMS; the manifest's checksum is the hash of that list, so one
-    value says whether two exports are identical."""
-    out = Path(out)
-    lines = "".join(f"{_sha256(out / rel)}  {rel}\n" for rel in dataset_files(out))
+def write_manifest(out: Path, manifest: dict, known: dict[str, str] | None = None) -> dict:
+    """Hash every file into SHA256SUMS (``known``: relative path -> hash already computed); the
+    manifest's checksum is the hash of that list, so one value says whether two exports are identical."""
+    out, known = Path(out), known or {}
+    lines = "".join(f"{known.get(rel) or sha256_file(out / rel)}  {rel}\n" for rel in dataset_files(out))
+    (out / SUMS).parent.mkdir(parents=True, exist_ok=True)
     (out / SUMS).write_text(lines, encoding="utf-8")
     manifest = {**manifest, "checksum": hashlib.sha256(lines.encode()).hexdigest()}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1, ensure_ascii=False, sort_keys=True) + "\n",
@@ -43,8 +48,9 @@ def write_manifest(out: Path, manifest: dict) -> dict:
 
 
 def read_manifest(path: Path) -> dict | None:
-    p = Path(path) / MANIFEST
-    try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    for rel in (MANIFEST, OLD_MANIFEST):
+        try:
+            return json.loads((Path(path) / rel).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+    return None

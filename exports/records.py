@@ -64,6 +64,9 @@ class ReadImage:
     boxes: list[tuple[str, float, float, float, float]] = field(default_factory=list)  # (label, x, y, w, h)
     labels: dict[str, str] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    #: True where the format says the image was read and has no findings (a known negative, e.g. an
+    #: empty YOLO label file); None where it only holds the image (no annotation file at all).
+    normal: bool | None = None
 
 
 def clip_box(box: BoxRecord, width: int, height: int) -> BoxRecord | None:

@@ -66,14 +66,31 @@ def annotation_xml(image: ImageRecord, file_name: str, names: dict[int, str]) ->
     return ("<?xml version='1.0' encoding='utf-8'?>\n" + ET.tostring(root, encoding="unicode") + "\n").encode()
 
 
+def palette(index: int) -> tuple[int, int, int]:
+    """The VOC devkit's colour of class ``index`` (bit-interleaved; 0 is black, the background)."""
+    rgb = [0, 0, 0]
+    for bit in range(7, -1, -1):
+        for c in range(3):
+            rgb[c] |= ((index >> c) & 1) << bit
+        index >>= 3
+    return tuple(rgb)
+
+
+def labelmap(names: Iterable[str]) -> str:
+    """labelmap.txt, CVAT's and datumaro's list of a VOC dataset's classes (datumaro refuses an
+    object whose class is not declared): ``label:color_rgb:parts:actions``, background first."""
+    lines = [f"{name}:{','.join(map(str, palette(i)))}::\n" for i, name in enumerate(["background", *names])]
+    return "# label:color_rgb:parts:actions\n" + "".join(lines)
+
+
 def _safe(name: str) -> str:
     return re.sub(r"[^\w.-]+", "_", name).strip("_") or "class"
 
 
 class VocWriter:
-    """OUT/VOCdevkit/VOC2007/{Annotations, JPEGImages, ImageSets/Main}: what
-    ``torchvision.datasets.VOCDetection(OUT, year="2007", image_set=split)`` reads as it is.
-    ImageSets/Main also gets trainval.txt and the devkit's per-class <class>_<split>.txt files."""
+    """OUT/VOCdevkit/VOC2007/{Annotations, JPEGImages, ImageSets/Main, labelmap.txt}: what
+    ``torchvision.datasets.VOCDetection(OUT, year="2007", image_set=split)`` and datumaro read as it
+    is. ImageSets/Main also gets trainval.txt and the devkit's per-class <class>_<split>.txt files."""
 
     format = "voc"
 
@@ -107,38 +124,59 @@ class VocWriter:
     def close(self) -> None:
         for f in [*self._lists.values(), *self._class_lists.values()]:
             f.close()
+        (self.root / "labelmap.txt").write_text(labelmap(c.name for c in self.categories), encoding="utf-8")
 
 
 def _voc_root(path: Path) -> Path:
     path = Path(path)
     for candidate in (path / DEVKIT, path):
-        if (candidate / "Annotations").is_dir():
+        if any((candidate / d).is_dir() for d in ("Annotations", "JPEGImages", "ImageSets")):
             return candidate
-    raise DatasetError(f"{path}: no Annotations/ folder (expected a VOC dataset or a VOCdevkit/VOC2007 tree)")
+    raise DatasetError(f"{path}: no Annotations/, JPEGImages/ or ImageSets/ folder "
+                       "(expected a VOC dataset or a VOCdevkit/VOC2007 tree)")
+
+
+def _read_xml(xml_path: Path, root: Path) -> ReadImage:
+    try:
+        tree = ET.parse(xml_path).getroot()
+        file_name = (tree.findtext("filename") or f"{xml_path.stem}.jpg").strip()
+        w, h = tree.findtext("size/width"), tree.findtext("size/height")
+        rec = ReadImage(path=str(root / "JPEGImages" / file_name), file_name=file_name,
+                        width=int(float(w)) if w else None, height=int(float(h)) if h else None)
+    except (ET.ParseError, ValueError) as exc:
+        return ReadImage(path=str(xml_path), file_name=xml_path.name, width=None, height=None,
+                         problems=[f"{xml_path.name}: unreadable annotation ({exc})"])
+    for i, obj in enumerate(tree.iter("object")):
+        try:
+            name = (obj.findtext("name") or "").strip()
+            coords = [float(obj.findtext(f"bndbox/{t}")) for t in ("xmin", "ymin", "xmax", "ymax")]
+            if not name:
+                raise ValueError("no name")
+        except (TypeError, ValueError) as exc:
+            rec.problems.append(f"{xml_path.name}: object {i + 1} has no valid name/bndbox ({exc})")
+            continue
+        rec.boxes.append((name, *decode_box(*coords)))
+    rec.normal = True if not rec.boxes and not rec.problems else None
+    return rec
 
 
 def read_voc(path: Path) -> Iterator[ReadImage]:
-    """Images of a VOC tree with their boxes (float [x, y, w, h], decoded from 1-based pixels)."""
+    """Every image of a VOC tree with its boxes (float [x, y, w, h], decoded from 1-based pixels):
+    those an XML describes, those ImageSets/Main lists and those JPEGImages holds, since datumaro
+    and others write XML only for annotated images. An image with an XML or in an image set but
+    without objects is a known negative; one JPEGImages merely holds is not (nothing says it was read)."""
     root = _voc_root(path)
-    for xml_path in sorted((root / "Annotations").glob("*.xml")):
-        try:
-            tree = ET.parse(xml_path).getroot()
-            file_name = (tree.findtext("filename") or f"{xml_path.stem}.jpg").strip()
-            w, h = tree.findtext("size/width"), tree.findtext("size/height")
-            rec = ReadImage(path=str(root / "JPEGImages" / file_name), file_name=file_name,
-                            width=int(float(w)) if w else None, height=int(float(h)) if h else None)
-        except (ET.ParseError, ValueError) as exc:
-            yield ReadImage(path=str(xml_path), file_name=xml_path.name, width=None, height=None,
-                            problems=[f"{xml_path.name}: unreadable annotation ({exc})"])
-            continue
-        for i, obj in enumerate(tree.iter("object")):
-            try:
-                name = (obj.findtext("name") or "").strip()
-                coords = [float(obj.findtext(f"bndbox/{t}")) for t in ("xmin", "ymin", "xmax", "ymax")]
-                if not name:
-                    raise ValueError("no name")
-            except (TypeError, ValueError) as exc:
-                rec.problems.append(f"{xml_path.name}: object {i + 1} has no valid name/bndbox ({exc})")
-                continue
-            rec.boxes.append((name, *decode_box(*coords)))
-        yield rec
+    listed = {line.split()[0] for f in sorted((root / "ImageSets" / "Main").glob("*.txt"))
+              for line in f.read_text(encoding="utf-8").splitlines() if line.strip()}
+    held: dict[str, Path] = {}
+    for p in sorted((root / "JPEGImages").glob("*")):
+        if not p.name.startswith("."):
+            held.setdefault(p.stem, p)
+    records = {p.stem: _read_xml(p, root) for p in sorted((root / "Annotations").glob("*.xml"))}
+    described = {Path(r.path).stem for r in records.values() if not r.problems}
+    for stem in (listed | set(held)) - set(records) - described:
+        image = held.get(stem) or root / "JPEGImages" / f"{stem}.jpg"  # missing: the importer reports it
+        records[stem] = ReadImage(path=str(image), file_name=image.name, width=None, height=None,
+                                  normal=True if stem in listed else None)
+    for stem in sorted(records):
+        yield records[stem]

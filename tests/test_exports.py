@@ -93,6 +93,7 @@ def test_coco_export_loads_in_pycocotools_and_torchvision(world, tmp_path):
         for a in gt.loadAnns(gt.getAnnIds()):
             seen_boxes.setdefault(a["image_id"], []).append((names[a["category_id"]], *a["bbox"]))
             assert a["area"] == pytest.approx(a["bbox"][2] * a["bbox"][3]) and a["iscrowd"] == 0
+            assert a["segmentation"] == []  # boxes only, but the key datumaro expects is there
         if gt.getAnnIds():  # ground truth scored against itself: AP = 1
             dets = [{**a, "score": 1.0} for a in gt.loadAnns(gt.getAnnIds())]
             ev = COCOeval(gt, gt.loadRes(dets), "bbox")
@@ -114,12 +115,12 @@ def test_coco_export_loads_in_pycocotools_and_torchvision(world, tmp_path):
     assert r["clipped_boxes"] == 1
 
 
-def test_coco_images_are_the_stored_16_bit_pixels(world, tmp_path):
+def test_coco_png16_images_are_the_stored_16_bit_pixels(world, tmp_path):
     import cv2
 
     db = world["db"]
-    export(db, tmp_path / "coco", "coco", images="link")
-    export(db, tmp_path / "copy", "coco")
+    export(db, tmp_path / "coco", "coco", images="link", image_format="png16")
+    export(db, tmp_path / "copy", "coco", image_format="png16")
     with db.session() as s:
         image = s.scalars(select(Image).order_by(Image.id)).first()
     stored = db.settings.data_dir / image.store_path
@@ -129,7 +130,8 @@ def test_coco_images_are_the_stored_16_bit_pixels(world, tmp_path):
     assert arr.dtype == np.uint16 and arr.shape == (image.rows, image.columns)
     copy = next((tmp_path / "copy" / "images").rglob(f"{image.id:08d}.png"))
     assert copy.read_bytes() == stored.read_bytes()
-    assert (tmp_path / "copy" / "manifest.json").read_text() == (tmp_path / "coco" / "manifest.json").read_text()
+    assert (tmp_path / "copy" / "samx" / "manifest.json").read_text() == \
+        (tmp_path / "coco" / "samx" / "manifest.json").read_text()
 
 
 # ---------------------------------------------------------------- VOC
@@ -263,17 +265,17 @@ def test_exports_are_deterministic_and_checksummed(world, tmp_path):
         assert files_a == files_b
         for rel in files_a:
             assert (tmp_path / f"{fmt}-a" / rel).read_bytes() == (tmp_path / f"{fmt}-b" / rel).read_bytes(), rel
-        check = subprocess.run(["sha256sum", "--check", "--quiet", "SHA256SUMS"], cwd=tmp_path / f"{fmt}-a",
+        check = subprocess.run(["sha256sum", "--check", "--quiet", "samx/SHA256SUMS"], cwd=tmp_path / f"{fmt}-a",
                                capture_output=True, text=True)
         assert check.returncode == 0, check.stdout + check.stderr
-        manifest = json.loads((tmp_path / f"{fmt}-a" / "manifest.json").read_text())
+        manifest = json.loads((tmp_path / f"{fmt}-a" / "samx" / "manifest.json").read_text())
         assert manifest["counts"]["images"] == a["images"] and manifest["format"] == fmt
 
 
 def test_splits_never_share_a_patient_or_study(world, tmp_path):
     db = world["db"]
     export(db, tmp_path / "coco", "coco", split="0.5,0.25,0.25", seed=3)
-    rows = (tmp_path / "coco" / "image_labels.csv").read_text().splitlines()[1:]
+    rows = (tmp_path / "coco" / "samx" / "image_labels.csv").read_text().splitlines()[1:]
     split_of = {int(r.split(",")[1]): r.split(",")[2] for r in rows}
     with db.session() as s:
         meta = {i: (p, st) for i, p, st in s.execute(select(Image.id, Image.patient_pseudonym, Image.study_uid))}
@@ -318,12 +320,12 @@ def test_filters_choose_sources_regions_and_model_versions(world, tmp_path):
     assert mv["boxes"] == 2
     # only weak (cluster) labels: the manual correction's region is not exported
     weak = export(db, tmp_path / "f", "coco", split="1,0,0", sources=["weak"])
-    rows = [r.split(",") for r in (tmp_path / "f" / "image_labels.csv").read_text().splitlines()[1:]]
+    rows = [r.split(",") for r in (tmp_path / "f" / "samx" / "image_labels.csv").read_text().splitlines()[1:]]
     assert {r[4] for r in rows} == {"weak", ""} and weak["boxes"] == 0
     # one region
     region = world["truth"]["images"][0]["region"]
     knees = export(db, tmp_path / "g", "coco", split="1,0,0", regions=[region])
-    rows = [r.split(",") for r in (tmp_path / "g" / "image_labels.csv").read_text().splitlines()[1:]]
+    rows = [r.split(",") for r in (tmp_path / "g" / "samx" / "image_labels.csv").read_text().splitlines()[1:]]
     assert rows and {r[3] for r in rows} == {region} and knees["images"] == len(rows)
 
 
@@ -355,7 +357,7 @@ def test_round_trip_export_import_export_is_identical(world, tmp_path):
     db = world["db"]
     with db.session() as s:
         n_boxes = s.scalar(select(Box.id).order_by(Box.id.desc()))
-    for fmt in ("coco", "voc"):
+    for fmt in ("coco", "voc", "yolo"):
         first = export(db, tmp_path / f"{fmt}-1", fmt)
         job = run_job(db, "import", format=fmt, path=str(tmp_path / f"{fmt}-1"))
         assert job.status == JobStatus.succeeded, job.error
@@ -422,13 +424,13 @@ def test_import_reports_bad_datasets_and_keeps_the_good_part(world, tmp_path):
     tree = ET.parse(xmls[2])
     tree.find("size/width").text = "9999"  # wrong size: boxes would land in the wrong place
     tree.write(xmls[2])
-    (tmp_path / "voc" / "manifest.json").unlink()  # an external dataset now: images are ingested
+    shutil.rmtree(tmp_path / "voc" / "samx")  # no manifest: the files are recognised by their bytes
     job = run_job(db, "import", format="voc", path=str(tmp_path / "voc"))
     assert job.status == JobStatus.succeeded, job.error
     r = job.result
     text = "\n".join(r["problems"])
     assert "unreadable annotation" in text and "file missing" in text and "9999" in text
-    assert r["failed"] == 3 and r["ingested"] == r["images"] - 3 and r["boxes_added"] > 0
+    assert r["failed"] == 3 and r["matched"] == r["images"] - 3 and r["ingested"] == 0 and r["boxes_present"] > 0
     bad = run_job(db, "import", format="coco", path=str(tmp_path / "voc"))
     assert bad.status == JobStatus.failed and "no COCO JSON" in bad.error
     (tmp_path / "broken.json").write_text("{not json")
@@ -448,12 +450,16 @@ def test_cli_export_and_import(sqlite_db, phantoms, tmp_path):
     args = ["--data-dir", str(db.settings.data_dir)]
     res = runner.invoke(main, [*args, "export", "coco", str(tmp_path / "c"), "--split", "0.6,0.2,0.2"])
     assert res.exit_code == 0, res.output
-    assert "images" in res.output and "sha256sum -c SHA256SUMS" in res.output
+    assert "images" in res.output and "sha256sum -c samx/SHA256SUMS" in res.output
     res = runner.invoke(main, [*args, "export", "coco", str(tmp_path / "c")])
     assert res.exit_code != 0 and "exists" in res.output
     res = runner.invoke(main, [*args, "import", "coco", str(tmp_path / "c")])
     assert res.exit_code == 0 and "0 boxes added" in res.output, res.output
     shutil.rmtree(tmp_path / "c")
+    res = runner.invoke(main, [*args, "export", "yolo", str(tmp_path / "y")])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(main, [*args, "import", "yolo", str(tmp_path / "y" / "data.yaml")])
+    assert res.exit_code == 0 and "0 boxes added" in res.output and "0 ingested" in res.output, res.output
 
 
 def test_import_an_external_coco_dataset(sqlite_db, phantoms, tmp_path):

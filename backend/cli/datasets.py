@@ -9,6 +9,7 @@ from backend.config import Settings
 from backend.cli.app import csv_list, main, open_db, pass_settings, run_job
 from backend.database.schema import JobKind
 from backend.jobs.params import ExportParams, ExportResult, ImportParams, ImportResult
+from exports.images import PNG16_READERS
 
 
 @main.command()
@@ -26,8 +27,10 @@ from backend.jobs.params import ExportParams, ExportResult, ImportParams, Import
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split assignment.")
 @click.option("--images", "images_mode", type=click.Choice(["copy", "link", "none"]), default="copy", show_default=True,
               help="Copy the images, hard-link them (16-bit PNG only; saves disk) or write annotations only.")
-@click.option("--image-format", type=click.Choice(["png16", "png8", "jpg"]),
-              help="Default: png16 (lossless) for COCO and YOLO; VOC is always jpg.")
+@click.option("--image-format", type=click.Choice(["png8", "jpg", "png16"]),
+              help="png8 (default for COCO and YOLO) and jpg (VOC's only one): the display rendering the "
+                   "radiologist labelled, 8 bits, read right by every loader. png16: the stored 16-bit pixels "
+                   f"(VOI applied, not equalised), lossless: {PNG16_READERS}.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--background", is_flag=True, help="Queue a job for `samx worker` instead of running here.")
 @pass_settings
@@ -36,8 +39,8 @@ def export(settings: Settings, fmt: str, out: str, sources: str, min_score: floa
            image_format: str | None, force: bool, background: bool) -> None:
     """Write a COCO, Pascal VOC or YOLO dataset of the labelled images to OUT.
 
-    Boxes are in pixels of the original image; image-level labels go to image_labels.csv;
-    manifest.json and SHA256SUMS describe and check the result. Same data, same bytes."""
+    Boxes are in pixels of the original image; image-level labels go to samx/image_labels.csv;
+    samx/manifest.json and samx/SHA256SUMS describe and check the result. Same data, same bytes."""
     db = open_db(settings)
     params = ExportParams(format=fmt, out=str(Path(out).resolve()), sources=tuple(csv_list(sources)),
                           min_score=min_score, regions=tuple(csv_list(regions)), run_id=run_id,
@@ -55,11 +58,11 @@ def export(settings: Settings, fmt: str, out: str, sources: str, min_score: floa
         click.echo(f"  {r.clipped_boxes} boxes clipped to the image, {r.dropped_boxes} outside it left out")
     if r.discarded_images_left_out:
         click.echo(f"  {r.discarded_images_left_out} discarded (not MSK) images left out")
-    click.echo(f"checksum {r.checksum} (verify: cd {r.out} && sha256sum -c SHA256SUMS)")
+    click.echo(f"checksum {r.checksum} (verify: cd {r.out} && sha256sum -c samx/SHA256SUMS)")
 
 
 @main.command("import")
-@click.argument("fmt", metavar="FORMAT", type=click.Choice(["coco", "voc"]))
+@click.argument("fmt", metavar="FORMAT", type=click.Choice(["coco", "voc", "yolo"]))
 @click.argument("path", type=click.Path(exists=True))
 @click.option("--images", "image_dir", type=click.Path(exists=True, file_okay=False),
               help="COCO: the folder the file_name entries are relative to (default: beside the JSON, "
@@ -67,10 +70,12 @@ def export(settings: Settings, fmt: str, out: str, sources: str, min_score: floa
 @click.option("--background", is_flag=True, help="Queue a job for `samx worker` instead of running here.")
 @pass_settings
 def import_(settings: Settings, fmt: str, path: str, image_dir: str | None, background: bool) -> None:
-    """Import a COCO or Pascal VOC dataset: its images, boxes and image labels (image_labels.csv).
+    """Import a COCO, Pascal VOC or YOLO (Ultralytics: PATH is data.yaml or its folder) dataset: its
+    images, boxes and image labels (samx/image_labels.csv).
 
-    Images are ingested like any other (de-identified, deduplicated); boxes are stored with
-    source "imported" and seed the detector. Importing the same dataset twice adds nothing."""
+    Images are ingested like any other (de-identified, deduplicated); an image file a samx export
+    wrote maps back to its image. Boxes are stored with source "imported" and seed the detector.
+    Importing the same dataset twice adds nothing; what is skipped is listed with its reason."""
     db = open_db(settings)
     params = ImportParams(format=fmt, path=str(Path(path).resolve()),
                           image_dir=str(Path(image_dir).resolve()) if image_dir else None)

@@ -3,7 +3,9 @@
 Streams: images are read from the database in batches with their boxes, and each is written
 before the next batch is read, so memory does not grow with the dataset (only the split
 assignment, a few bytes an image, is held). The dataset is built in a sibling folder and
-renamed into place when complete, so OUT is never half-written."""
+renamed into place when complete, so OUT is never half-written. Each image file's SHA-256 is
+kept with its image (backend.datasets.installation), so the file maps back to its image when it
+returns without the manifest, whatever tool rewrote the annotations around it."""
 from __future__ import annotations
 
 import shutil
@@ -14,7 +16,8 @@ from typing import Iterator, Sequence
 from sqlalchemy import and_, false, select
 from sqlalchemy.orm import Session
 
-from backend.datasets.installation import installation_id
+from backend.datasets.installation import NORMAL, installation_id, record_exported
+from backend.images.store import load_pixels, render_display
 from backend.jobs.context import JobContext, JobFailed
 from backend.jobs.params import ExportParams, ExportResult
 from backend.database.schema import (Box, BoxSource, ClusterMembership, Image, ImageStatus, Label, LabelKind, LabelSource,
@@ -29,7 +32,8 @@ from exports.voc import VocWriter
 from exports.yolo import YoloWriter
 
 WRITERS = {"coco": CocoWriter, "voc": VocWriter, "yolo": YoloWriter}
-DEFAULT_IMAGE_FORMAT = {"coco": "png16", "voc": "jpg", "yolo": "png16"}
+#: 8-bit display rendering by default: what mainstream loaders read right (exports.images).
+DEFAULT_IMAGE_FORMAT = {"coco": "png8", "voc": "jpg", "yolo": "png8"}
 
 #: What a user calls a label source -> where it lives: weak labels' source, boxes' source.
 SOURCES = {
@@ -233,13 +237,16 @@ def run_export_job(ctx: JobContext) -> dict:
     tmp = _staging(out)
     try:
         writer = WRITERS[fmt](tmp, cats, splits, image_format)
+        file_hashes: dict[str, str] = {}
         labels = ImageLabelsWriter(tmp)
         for batch in _chunks(selected, BATCH):
             ids = [x.image_id for x in batch]
             with ctx.db.session() as s:
-                rows = {r.id: r for r in s.execute(select(Image.id, Image.rows, Image.columns, Image.store_path)
+                rows = {r.id: r for r in s.execute(select(Image.id, Image.rows, Image.columns, Image.store_path,
+                                                          Image.meta[NORMAL].label("normal"))
                                                    .where(Image.id.in_(ids)))}
                 boxes = _boxes(s, ids, f, cat_of)
+            hashes = {}
             for item in batch:
                 row = rows[item.image_id]
                 if not row.rows or not row.columns:
@@ -257,17 +264,23 @@ def run_export_job(ctx: JobContext) -> dict:
                 writer.add(image)
                 relpath = writer.image_relpath(image)
                 if images_mode != "none":
-                    write_image(ctx.settings.data_dir / row.store_path, tmp / relpath, image_format,
-                                link=images_mode == "link")
+                    hashes[item.image_id] = write_image(
+                        ctx.settings.data_dir / row.store_path, tmp / relpath, image_format,
+                        lambda: render_display(load_pixels(ctx.settings, row.store_path)), link=images_mode == "link")
+                    file_hashes[relpath] = hashes[item.image_id]
+                normal = bool(row.normal) and "imported" in f.sources  # an imported known negative
                 labels.add({"file": relpath, "image_id": item.image_id, "split": image.split, "region": item.region,
                             "region_source": item.region_source,
                             "region_confidence": None if item.confidence is None else repr(item.confidence),
-                            "lesion_boxes": len(kept), "abnormal": 1 if kept else None})
+                            "lesion_boxes": len(kept), "abnormal": 1 if kept else 0 if normal else None})
                 counts["images"] += 1
                 counts["boxes"] += len(kept)
                 counts["images_without_boxes"] += not kept
                 per_split[image.split]["images"] += 1
                 per_split[image.split]["boxes"] += len(kept)
+            if hashes:
+                with ctx.db.session() as s:
+                    record_exported(s, hashes)
             ctx.progress(counts["images"], total, f"{counts['images']}/{total} images")
         writer.close()
         labels.close()
@@ -280,7 +293,7 @@ def run_export_job(ctx: JobContext) -> dict:
             "split": {"fractions": fractions, "seed": seed, "grouped_by": "patient and study"},
             "categories": [{"id": c.id, "name": c.name} for c in cats],
             "counts": {**counts, "discarded_images_left_out": discarded}, "splits": per_split,
-        })
+        }, known=file_hashes)
         _publish(tmp, out, bool(p.force))
     except BaseException:  # a failed or cancelled export leaves nothing behind
         shutil.rmtree(tmp, ignore_errors=True)

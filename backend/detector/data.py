@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from backend.database.schema import Annotation, Box, BoxSource, Image, ImageStatus, Label, WeakLabel
+from backend.datasets.installation import NORMAL
 
 
 @dataclass
@@ -37,6 +38,9 @@ def labelled_images(s: Session) -> list[LabelledImage]:
                          .order_by(Annotation.updated_at, Annotation.id)):
         latest[ann.image_id] = ann  # ascending: the newest overwrites
     imported = set(s.scalars(select(Box.image_id).where(Box.source == BoxSource.imported).distinct()))
+    # an imported dataset's known negatives: read and found normal, so they teach "no lesion here"
+    imported |= {i for i, normal in s.execute(select(Image.id, Image.meta[NORMAL]).where(Image.meta[NORMAL].is_not(None)))
+                 if normal}
     ids = sorted(set(latest) | imported)
     if not ids:
         return []
@@ -65,8 +69,8 @@ def unlabelled_images(s: Session) -> list[tuple[int, str, str, int, int]]:
     annotated = select(Annotation.image_id).where(Annotation.deleted_at.is_(None))
     imported = select(Box.image_id).where(Box.source == BoxSource.imported)
     discarded = select(WeakLabel.image_id).where(WeakLabel.superseded_at.is_(None), WeakLabel.label_id.is_(None))
-    rows = s.execute(select(Image.id, Image.content_hash, Image.store_path, Image.columns, Image.rows)
+    rows = s.execute(select(Image.id, Image.content_hash, Image.store_path, Image.columns, Image.rows, Image.meta[NORMAL])
                      .where(Image.status == ImageStatus.imported, Image.id.not_in(annotated), Image.id.not_in(imported),
                             Image.id.not_in(discarded))
                      .order_by(Image.id)).all()
-    return [tuple(r) for r in rows]
+    return [tuple(r[:5]) for r in rows if not r[5]]  # a known negative is labelled already
