@@ -70,6 +70,39 @@ def within_source_nmi(model, images: np.ndarray, truth: np.ndarray, source: np.n
     return sum(v * n for v, n, _ in per.values()) / max(total, 1), per
 
 
+def ingest_and_cluster(realdev: Path, out: Path, params: dict):
+    """A fresh installation at ``out`` holding the real set, clustered by the real `cluster` job
+    with ``params``: (settings, db, run id, minutes the job took)."""
+    from sqlalchemy import select
+
+    import backend.cli.job_kinds  # noqa: F401  # registers the job handlers, as the samx command does
+    from backend.database.schema import Label, LabelKind
+    from backend.images.ingest import ingest_paths
+    from backend.jobs import enqueue, execute
+
+    regions = sorted({r for r, _ in manifest(realdev).values()})
+    settings, db = fresh_database(out)
+    t = time.perf_counter()
+    ingested = ingest_paths(db, [realdev / "images"]).by_status
+    print(f"ingested {dict(ingested)} in {time.perf_counter() - t:.0f} s", flush=True)
+    with db.session() as s:  # the set's region names, as an admin adds them to the vocabulary
+        have = set(s.scalars(select(Label.name).where(Label.kind == LabelKind.region)))
+        s.add_all(Label(kind=LabelKind.region, name=r, sort_order=100 + i) for i, r in enumerate(regions)
+                  if r not in have)
+    job = enqueue(db, "cluster", params, send=False)
+    t = time.perf_counter()
+    last = [""]
+
+    def show(done, total, msg):
+        if msg != last[0] and msg and "training" in msg:
+            print(f"  {time.perf_counter() - t:6.0f} s  {msg}", flush=True)
+        last[0] = msg
+
+    finished = execute(db, job.id, on_progress=show)
+    assert finished.status.value == "succeeded", finished.error
+    return settings, db, finished.result["run_id"], (time.perf_counter() - t) / 60
+
+
 def parse_sets(items: list[str]) -> dict:
     out = {}
     for item in items:
@@ -95,42 +128,18 @@ def main() -> None:
 
     from sqlalchemy import select
 
-    import backend.cli.job_kinds  # noqa: F401  # registers the job handlers, as the samx command does
     from backend.clusters.arrays import load_arrays
-    from backend.database.schema import ClusterRun, Image, Label, LabelKind, ModelVersion, WeakLabel
+    from backend.database.schema import ClusterRun, Image, Label, ModelVersion, WeakLabel
     from backend.database.users import create_user
     from backend.demo.simulated_radiologist import name_clusters
-    from backend.images.ingest import ingest_paths
     from backend.images.tensors import load_tensors
-    from backend.jobs import enqueue, execute
     from clustering.deepcluster import DeepCluster
     from clustering.stats import nmi, weighted_purity
 
     meta = manifest(a.realdev)
     regions = sorted({r for r, _ in meta.values()})
-    settings, db = fresh_database(a.out)
-    t = time.perf_counter()
-    ingested = ingest_paths(db, [a.realdev / "images"]).by_status
-    print(f"ingested {dict(ingested)} in {time.perf_counter() - t:.0f} s", flush=True)
-    with db.session() as s:  # the set's region names, as an admin adds them to the vocabulary
-        have = set(s.scalars(select(Label.name).where(Label.kind == LabelKind.region)))
-        s.add_all(Label(kind=LabelKind.region, name=r, sort_order=100 + i) for i, r in enumerate(regions)
-                  if r not in have)
-
     params = {"k": a.k, **parse_sets(a.set)}
-    job = enqueue(db, "cluster", params, send=False)
-    t = time.perf_counter()
-    last = [""]
-
-    def show(done, total, msg):
-        if msg != last[0] and msg and "training" in msg:
-            print(f"  {time.perf_counter() - t:6.0f} s  {msg}", flush=True)
-        last[0] = msg
-
-    finished = execute(db, job.id, on_progress=show)
-    minutes = (time.perf_counter() - t) / 60
-    assert finished.status.value == "succeeded", finished.error
-    run_id = finished.result["run_id"]
+    settings, db, run_id, minutes = ingest_and_cluster(a.realdev, a.out, params)
     arrays = load_arrays(settings, run_id)
     with db.session() as s:
         run = s.get(ClusterRun, run_id)

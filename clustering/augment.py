@@ -29,13 +29,24 @@ class BurnInPatch(torch.nn.Module):
         return x
 
 
-def training_transform(size: int, hflip: bool = False) -> v2.Compose:
+class QuarterTurn(torch.nn.Module):
+    """0, 90, 180 or 270 degrees: films are hung, scanned and stitched in any orientation (a
+    forearm lies across one film and along the next), none of which changes the region."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.rot90(x, int(torch.randint(0, 4, ())), dims=(-2, -1))
+
+
+def training_transform(size: int, hflip: bool = False, *, crop_scale: float = 0.6, rotation: float = 10,
+                       quarter_turns: bool = False) -> v2.Compose:
     steps = [
-        v2.RandomResizedCrop(size, scale=(0.6, 1.0), ratio=(0.8, 1.25), antialias=True),
-        v2.RandomRotation(10),
+        v2.RandomResizedCrop(size, scale=(crop_scale, 1.0), ratio=(0.8, 1.25), antialias=True),
+        v2.RandomRotation(rotation),
         v2.RandomApply([v2.ColorJitter(brightness=0.2, contrast=0.2)], p=0.8),
         BurnInPatch(),
     ]
+    if quarter_turns:
+        steps.insert(1, QuarterTurn())
     if hflip:
         steps.insert(1, v2.RandomHorizontalFlip())
     return v2.Compose(steps)

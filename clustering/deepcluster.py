@@ -48,6 +48,9 @@ class DeepClusterConfig:
     weight_decay: float = 1e-5
     sobel: bool = True
     hflip: bool = False  # off: a flip turns a left hand into a right hand
+    crop_scale: float = 0.6  # smallest share of the image a training crop keeps
+    rotation: float = 10  # degrees of random rotation
+    quarter_turns: bool = False  # also turn by multiples of 90 degrees
     kmeans_iter: int = 20
     epoch_samples: int | None = None  # draws per epoch; None = one per image
     seed: int = 0
@@ -121,7 +124,8 @@ class DeepCluster:
             log.info("resuming DeepCluster at epoch %d from %s", start, ckpt)
         if distributed.active():  # the same network everywhere, other augmentations on each rank
             torch.manual_seed(cfg.seed * 1000 + start + distributed.rank())
-        transform = training_transform(images.shape[-1], cfg.hflip)
+        transform = training_transform(images.shape[-1], cfg.hflip, crop_scale=cfg.crop_scale, rotation=cfg.rotation,
+                                       quarter_turns=cfg.quarter_turns)
         for epoch in range(start, cfg.epochs):
             t0 = time.perf_counter()
             for group in opt.param_groups:
@@ -209,7 +213,7 @@ class DeepCluster:
 
     def _resume(self, path: Path, backbone, opt, n: int):
         state = torch.load(path, map_location="cpu", weights_only=False)
-        if state["config"] != asdict(self.config) or state["n_images"] != n:
+        if {**asdict(DeepClusterConfig()), **state["config"]} != asdict(self.config) or state["n_images"] != n:
             raise ValueError(f"{path} belongs to another run (different settings or images); "
                              "delete it or pick another checkpoint folder")
         backbone.load_state_dict(state["backbone"])

@@ -102,6 +102,19 @@ def test_augmentation_keeps_laterality_by_default():
     assert ((out == 0) | (out == 1)).any() and (out == 0.5).any()
 
 
+def test_quarter_turns_show_every_orientation_of_the_same_pixels():
+    from clustering.augment import QuarterTurn
+
+    torch.manual_seed(0)
+    x = torch.arange(16.0).reshape(1, 4, 4)
+    seen = {tuple(QuarterTurn()(x).flatten().tolist()) for _ in range(64)}
+    assert seen == {tuple(torch.rot90(x, k, dims=(-2, -1)).flatten().tolist()) for k in range(4)}
+    assert not any(isinstance(s, QuarterTurn) for s in training_transform(32).transforms)  # off by default
+    turned = training_transform(32, quarter_turns=True, crop_scale=0.3, rotation=0)
+    assert any(isinstance(s, QuarterTurn) for s in turned.transforms)
+    assert turned.transforms[0].scale == (0.3, 1.0)
+
+
 # -- statistics ---------------------------------------------------------------------------------
 def test_purity_and_stats():
     truth = np.array(["knee"] * 6 + ["hand"] * 4)
