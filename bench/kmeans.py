@@ -65,6 +65,7 @@ def main() -> None:
               f"objective {objective:.1f}", flush=True)
         return s
 
+    KMeans(10, n_init=1, max_iter=2).fit(x[:5000])  # warm up the thread pools before either is timed
     # no subsampling anywhere: the same work
     t_samx = timed("samx", lambda: kmeans(x, a.k, seed=0, niter=a.iters, max_points_per_centroid=a.n).objective)
     t_sk = timed("sklearn", lambda: KMeans(a.k, init="random", n_init=1, max_iter=a.iters, tol=0.0,
