@@ -17,6 +17,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 from sqlalchemy import delete, func, select
 
@@ -32,7 +33,7 @@ from backend.labelstudio.process import files_root
 from backend.detector.serving import ml_backend_service
 from ml_backend.auth import credentials
 from ml_backend.service import NO_MODEL
-from backend.database.schema import Annotation, Box, Image, Job, JobStatus, ModelVersion
+from backend.database.schema import Annotation, Box, ClusterRun, Image, Job, JobStatus, ModelVersion
 from imaging.phantoms import generate_phantoms
 from ml_backend.server import MAX_BODY, MAX_TASKS, create_app
 from tests.conftest import make_settings
@@ -471,3 +472,38 @@ def test_the_loops_retrain_continues_the_active_version(world, trained):
     meta = json.loads((settings.models_dir / "detector" / job.result["version"] / "metadata.json").read_text())
     assert meta["config"]["arch"] == "resnet18_fpn" and meta["warm_start"] is None
     assert meta["config"]["init_weights"] is None and meta["config"]["lr"] == pytest.approx(FIRST_LR)
+
+
+def test_the_detector_backbone_starts_from_the_deepcluster_network(world, trained):
+    """Runs last: it registers a DeepCluster version. resnet18_fpn's body becomes that network (its
+    width and Sobel input), the version records it, and a warm start keeps the shape."""
+    from clustering.deepcluster import DeepCluster, DeepClusterConfig
+    from ml_backend.models.detector import LesionDetector
+
+    db, settings = world["db"], world["settings"]
+    path = settings.models_dir / "deepcluster" / "dc-det.pt"
+    unlabelled = np.random.default_rng(0).random((8, 32, 32)).astype(np.float16)
+    dc = DeepCluster(DeepClusterConfig(k=2, epochs=0, width=8, pca_dim=4, seed=4)).fit(unlabelled)
+    dc.save(path)
+    with db.session() as s:
+        row = ModelVersion(kind="deepcluster", version="dc-det", status="ready", path=str(path.relative_to(settings.data_dir)))
+        s.add(row)
+        s.flush()
+        s.add(ClusterRun(k=2, status="done", params={"size": 32}, model_version_id=row.id))
+        dc_id = row.id
+    job = run_job(db, "train_detector", epochs=0, size=128, arch="resnet18_fpn", tile=64, classifier_epochs=0,
+                  min_images=4, rank_batch=2)  # backbone_weights: deepcluster by default
+    assert job.status == JobStatus.succeeded, job.error
+    meta = json.loads((settings.models_dir / "detector" / job.result["version"] / "metadata.json").read_text())
+    assert meta["config"]["backbone"] == {"arch": "resnet18", "width": 8, "sobel": True}
+    assert meta["backbone"]["source"] == "model_version" and meta["backbone"]["model_version_id"] == dc_id
+    assert meta["backbone"]["loaded"] == meta["init_report"]["loaded"] > 50
+    det = LesionDetector.load(settings.models_dir / "detector" / job.result["version"] / "detector.pt")
+    assert torch.equal(det.model_.backbone.body.layer2[0].conv1.weight, dc.backbone_.net.layer2[0].conv1.weight)
+    warm = run_job(db, "train_detector", follow_active=True, epochs=0, classifier_epochs=0, min_images=4, rank_batch=2)
+    assert warm.status == JobStatus.succeeded, warm.error
+    meta = json.loads((settings.models_dir / "detector" / warm.result["version"] / "metadata.json").read_text())
+    assert meta["warm_start"] == job.result["version"] and meta["config"]["backbone"]["width"] == 8
+    mobile = run_job(db, "train_detector", epochs=0, size=128, arch="mobilenet_v3", classifier_epochs=0, min_images=4,
+                     rank_batch=2, backbone_weights=str(path))
+    assert mobile.status == JobStatus.failed and "mobilenet_v3 detector cannot start from" in mobile.error

@@ -318,7 +318,7 @@ def test_versions_record_the_backbone_they_started_from(sqlite_db):
     network; every version says which backbone it started from (``metrics["backbone"]``)."""
     from backend.cli import main
     from backend.database.schema import ClusterRun, ModelVersion
-    from backend.detector.job import classifier_start
+    from backend.detector.job import pretrained_start
     from backend.jobs.context import JobFailed
     from clustering.deepcluster import DeepCluster, DeepClusterConfig
 
@@ -328,7 +328,7 @@ def test_versions_record_the_backbone_they_started_from(sqlite_db):
     scratch = {"source": "scratch", "model_version_id": None, "loaded": 0}
     with db.session() as s:
         assert s.get(ModelVersion, world["model_version"]).metrics["backbone"] == scratch
-    assert classifier_start(settings, db, "deepcluster") == (None, None)  # no DeepCluster network yet: random
+    assert pretrained_start(settings, db, "deepcluster", "classifier") == (None, None)  # no DeepCluster network yet: random
 
     unlabelled = np.random.default_rng(0).random((8, 32, 32)).astype(np.float16)
     path = settings.models_dir / "deepcluster" / "dc1.pt"
@@ -350,13 +350,37 @@ def test_versions_record_the_backbone_they_started_from(sqlite_db):
     meta = json.loads((settings.data_dir / Path(mv.path).parent / "metadata.json").read_text())
     assert meta["backbone"] == lineage and meta["config"]["width"] == 8
 
-    start, version = classifier_start(settings, db, "deepcluster")
+    start, version = pretrained_start(settings, db, "deepcluster", "classifier")
     assert start == str(path) and version.id == dc_id
-    assert classifier_start(settings, db, "none") == (None, None)
-    assert classifier_start(settings, db, "imagenet") == ("imagenet", None)
+    assert pretrained_start(settings, db, "none", "classifier") == (None, None)
+    assert pretrained_start(settings, db, "imagenet", "classifier") == ("imagenet", None)
     with pytest.raises(JobFailed, match="no classifier weights file"):
-        classifier_start(settings, db, str(settings.data_dir / "nothing.pth"))
+        pretrained_start(settings, db, str(settings.data_dir / "nothing.pth"), "classifier")
 
     out = CliRunner().invoke(main, ["--data-dir", str(settings.data_dir), "models"])
     assert out.exit_code == 0, out.output
     assert "backbone scratch" in out.output and "backbone deepcluster dc1" in out.output
+
+    # a torchvision resnet18 state dict (ImageNet's layout, random values): torchvision's shape, 3 -> 1 channel
+    import torch
+    import torchvision
+
+    from backend.sorter.store import load_sorter
+
+    torch.manual_seed(0)
+    tv = torchvision.models.resnet18(weights=None).state_dict()
+    torch.save(tv, settings.data_dir / "r18.pth")
+    out = CliRunner().invoke(main, ["--data-dir", str(settings.data_dir), "train", "sorter", "--epochs", "0",
+                                    "--folds", "0", "--min-per-class", "2", "--force", "--init",
+                                    str(settings.data_dir / "r18.pth")])
+    assert out.exit_code == 0, out.output
+    with db.session() as s:
+        mv = s.scalars(select(ModelVersion).where(ModelVersion.kind == "sorter").order_by(ModelVersion.id.desc())).first()
+        lineage = mv.metrics["backbone"]
+    assert lineage["source"] == "file" and lineage["path"] == str(settings.data_dir / "r18.pth") and lineage["loaded"] > 60
+    sorter = load_sorter(settings, mv)
+    assert sorter.config.width == 64 and sorter.config.sobel is False
+    assert torch.equal(sorter.net_.backbone.net.conv1.weight, tv["conv1.weight"].sum(1, keepdim=True))  # no epoch: the start
+    bad = CliRunner().invoke(main, ["--data-dir", str(settings.data_dir), "train", "sorter", "--epochs", "0",
+                                    "--folds", "0", "--min-per-class", "2", "--init", str(settings.data_dir / "nothing.pth")])
+    assert bad.exit_code != 0 and "no sorter weights file" in bad.output

@@ -89,3 +89,56 @@ def test_deepcluster_starts_from_a_samx_model_file_and_records_it(tmp_path):
     assert again.init_report_ == second.init_report_ and again.config.weights == str(tmp_path / "first.pt")
     with pytest.raises(WeightsError, match="width 8 cannot take torchvision's ImageNet weights"):
         DeepCluster(DeepClusterConfig(**tiny, weights="imagenet")).fit(images)
+
+
+# -- the detector's backbone ------------------------------------------------------------------------
+
+def _detector(**config):
+    """An untrained detector whose network is built (and its weights loaded): fit with no epoch."""
+    from ml_backend.models.detector import LesionDetector
+
+    img = np.zeros((64, 64), np.float32)
+    return LesionDetector(["lesion"], size=64, epochs=0, bn_images=0, **config).fit([img], [np.zeros((0, 4))], [[]])
+
+
+def test_detector_backbones_take_imagenet_by_name(hub):
+    r18 = _torchvision_file("resnet18")
+    det = _detector(arch="resnet18_fpn", backbone_weights="imagenet")
+    body = det.model_.backbone.body
+    assert det.init_report_["source"] == "torchvision ResNet18_Weights.IMAGENET1K_V1" and det.init_report_["part"] == "backbone"
+    assert det.init_report_["adapted"] == [] and det.config.backbone is None  # torchvision's body, on 3 channels
+    assert torch.equal(body.layer3[1].conv2.weight, r18["layer3.1.conv2.weight"])
+    assert torch.equal(body.conv1.weight, r18["conv1.weight"])
+    mnv3 = _torchvision_file("mobilenet_v3_large")
+    det = _detector(arch="mobilenet_v3", backbone_weights="imagenet")
+    assert det.init_report_["source"].startswith("torchvision MobileNet_V3_Large_Weights")
+    assert torch.equal(det.model_.backbone.body["16"][0].weight, mnv3["features.16.0.weight"])
+    assert not any(k.startswith("features.") for k in det.init_report_["unused"])  # only the classifier is left
+    with pytest.raises(WeightsError, match="does not fit|no tensor matches"):  # ResNet weights into a MobileNet
+        _detector(arch="mobilenet_v3", backbone_weights=str(hub_file("resnet18")))
+
+
+def test_detector_backbone_from_deepcluster_takes_its_shape_and_survives_save(tmp_path):
+    from ml_backend.models.detector import LesionDetector
+
+    rng = np.random.default_rng(0)
+    images = rng.random((48, 32, 32)).astype(np.float16)
+    dc = DeepCluster(DeepClusterConfig(k=4, epochs=1, width=8, pca_dim=4, batch_size=16, epoch_samples=48, seed=0)).fit(images)
+    dc.save(tmp_path / "dc.pt")
+    det = _detector(arch="resnet18_fpn", backbone_weights=str(tmp_path / "dc.pt"))
+    assert det.config.backbone == {"arch": "resnet18", "width": 8, "sobel": True}  # DeepCluster's shape
+    body, net = det.model_.backbone.body, dc.backbone_.net
+    assert torch.equal(body.layer4[1].conv2.weight, net.layer4[1].conv2.weight)
+    assert torch.equal(body.bn1.running_mean, net.bn1.running_mean)
+    assert det.init_report_["missing"] == ["input.sobel.weight"]  # fixed filters, the same in every network
+    assert det.init_report_["loaded"] > 50
+    # the Sobel edges of the first channel are what the body sees, as in DeepCluster
+    x = torch.rand(1, 1, 64, 64)
+    assert torch.allclose(body.conv1(body.input(x.expand(1, 3, -1, -1))), net.conv1(dc.backbone_.sobel(x)))
+    again = LesionDetector.load(det.save(tmp_path / "det.pt"))
+    assert again.config.backbone == det.config.backbone
+    img = rng.random((80, 96)).astype(np.float32)
+    a, b = det.predict([img], score_threshold=0.0)[0], again.predict([img], score_threshold=0.0)[0]
+    assert np.array_equal(a.boxes, b.boxes) and np.array_equal(a.scores, b.scores)
+    with pytest.raises(ValueError, match="only resnet18_fpn"):
+        LesionDetector(["lesion"], arch="mobilenet_v3", backbone={"arch": "resnet18", "width": 8, "sobel": True})

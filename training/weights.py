@@ -116,7 +116,7 @@ def _strip(state: dict[str, torch.Tensor], own: set[str]) -> dict[str, torch.Ten
     """Keys as ``module`` names them: a saved file's prefix (``net.``, ``module.``) taken off or put on."""
     if own & set(state):
         return state
-    for prefix in ("module.", "net.", "backbone.", "body."):
+    for prefix in ("module.", "net.", "backbone.", "body.", "features."):  # features.: MobileNet's body
         stripped = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         if own & set(stripped):
             return stripped
@@ -148,7 +148,8 @@ def load_into(module: nn.Module, spec: str | Path, *, arch: str, allow_download:
             report.adapted.append(f"{name}: 3 -> 1 input channel (kernels summed)")
         else:
             wrong.append(f"{name} {tuple(value.shape)} (the model's: {tuple(target.shape)})")
-    stray = [k for k in report.unused if not any(f".{head}" in f".{k}" for head in HEADS)]
+    stray = [k for k in report.unused if not any(f".{head}" in f".{k}" for head in HEADS)
+             and not k.endswith("num_batches_tracked")]  # a frozen BatchNorm keeps no count
     if stray:
         wrong.append(f"{len(stray)} tensors this {arch} has no place for, e.g. {', '.join(stray[:3])}")
     if wrong:

@@ -56,8 +56,10 @@ def train() -> None:
               help="Cross-validation folds for the report (6-2-2 at 5); 0 skips cross-validation.")
 @click.option("--min-per-class", type=int, default=5, show_default=True,
               help="Regions with fewer labelled images are left out of the sorter.")
-@click.option("--init", type=click.Choice(["deepcluster", "none"]), default="deepcluster", show_default=True,
-              help="Start from the latest DeepCluster network (SAM-X) or from random weights.")
+@click.option("--init", default="deepcluster", show_default=True,
+              help="Start from: 'deepcluster' (the latest DeepCluster network, SAM-X), 'none' (random weights), "
+                   "'imagenet' (torchvision's ResNet, from the torch hub cache) or a weights file (a torchvision "
+                   "state dict or a samx model).")
 @click.option("--coverage", type=float, default=0.99, show_default=True,
               help="Share of validation images the sorter must accept; the rest of the world is 'unsure'.")
 @click.option("--clean/--no-clean", default=True, show_default=True,
@@ -78,7 +80,7 @@ def train_sorter(settings: Settings, epochs: int, folds: int, min_per_class: int
     if not 0 < coverage <= 1:
         raise click.BadParameter("must be in (0, 1]", param_hint="--coverage")
     db = open_db(settings)
-    params = TrainSorterParams(folds=folds, min_per_class=min_per_class, init=init, force=force, clean=clean,
+    params = TrainSorterParams(folds=folds, min_per_class=min_per_class, init=_weights_choice(init), force=force, clean=clean,
                                config={"epochs": epochs, "coverage": coverage, "seed": seed})
     out = run_job(db, JobKind.train_sorter, params, background, unit="%")
     if out is None:
@@ -93,6 +95,12 @@ def train_sorter(settings: Settings, epochs: int, folds: int, min_per_class: int
                    "training; see the review queue")
     click.echo(f"{'active' if r.promoted else 'not activated'}: {r.reason}")
     click.echo(f"report: {settings.models_dir / 'sorter' / r.version / 'report.html'}")
+
+
+def _weights_choice(given: str) -> str:
+    """A name as it is, a file as an absolute path: the worker may run elsewhere."""
+    named = given.lower()
+    return named if named in ("deepcluster", "none", *IMAGENET) else str(Path(given).expanduser().resolve())
 
 
 @train.command("detector")
@@ -112,23 +120,26 @@ def train_sorter(settings: Settings, epochs: int, folds: int, min_per_class: int
               help="Start the normal/abnormal classifier from: 'deepcluster' (the latest DeepCluster network; random "
                    "weights while there is none), 'none' (random weights), 'imagenet' (torchvision's ResNet18, from "
                    "the torch hub cache) or a weights file (a resnet18 state dict or a samx model).")
+@click.option("--backbone-weights", default="deepcluster", show_default=True,
+              help="Start the detector's backbone from: 'deepcluster' (the latest DeepCluster network, for "
+                   "resnet18_fpn, which takes its shape; random weights while there is none and for the other "
+                   "architectures), 'none', 'imagenet' (torchvision's, from the torch hub cache) or a weights file. "
+                   "Not with --warm-start, which starts every layer from the active version.")
 @click.option("--background", is_flag=True, help="Queue a job for `samx worker` instead of running here.")
 @pass_settings
 def train_detector(settings: Settings, epochs: int | None, size: int | None, arch: str, tile: int | None,
                    batch_size: int, lr: float | None, seed: int, warm_start: bool, classifier_weights: str,
-                   background: bool) -> None:
+                   backbone_weights: str, background: bool) -> None:
     """Train the lesion detector and the normal/abnormal classifier on the annotated images.
 
     Judged on the fixed validation split (mAP@0.5, AUROC; the decision-fusion threshold is
     Youden's J there), stored as the active version; the ML backend swaps to it, and the
     unlabelled images are ranked for labeling (pushed to Label Studio when synced)."""
     db = open_db(settings)
-    named = classifier_weights.lower()
-    classifier_weights = named if named in ("deepcluster", "none", *IMAGENET) else \
-        str(Path(classifier_weights).expanduser().resolve())  # the worker may run elsewhere
     params = TrainDetectorParams(epochs=epochs, size=size, arch=arch, tile=tile, batch_size=batch_size, lr=lr,
                                  seed=seed, warm_start=warm_start, reason="samx train detector",
-                                 classifier_weights=classifier_weights)
+                                 classifier_weights=_weights_choice(classifier_weights),
+                                 backbone_weights=_weights_choice(backbone_weights))
     out = run_job(db, JobKind.train_detector, params, background, unit="%")
     if out is None:
         return

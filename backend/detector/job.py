@@ -50,7 +50,7 @@ WARM_START_LR_SCALE = 0.3
 #: WARM_START_LR_SCALE of it for a warm start; epochs and size: the settings').
 DEFAULTS = TrainDetectorParams(arch="mobilenet_v3", batch_size=4, seed=0, classifier_epochs=15, min_images=4,
                                reason="manual", rank_batch=50, warm_start=False, follow_active=False,
-                               classifier_weights="deepcluster")
+                               classifier_weights="deepcluster", backbone_weights="deepcluster")
 FOLLOWED = ("arch", "tile", "size", "batch_size")  # what a loop's training takes from the active version
 
 
@@ -89,15 +89,15 @@ def warm_start_weights(settings: Settings, db, arch: str) -> tuple[str, ModelVer
     return str(settings.data_dir / mv.path), mv
 
 
-def classifier_start(settings: Settings, db, weights: str) -> tuple[str | None, ModelVersion | None]:
-    """The abnormality classifier's weights and the model version they come from. By default the
-    latest DeepCluster network: trained on every image, unlabelled ones too, it has seen far more
-    radiographs than the few annotated ones the classifier learns from (issue 24)."""
+def pretrained_start(settings: Settings, db, weights: str, what: str) -> tuple[str | None, ModelVersion | None]:
+    """A network's starting weights (the classifier's, the detector backbone's) and the model version
+    they come from. By default the latest DeepCluster network: trained on every image, unlabelled
+    ones too, it has seen far more radiographs than the few annotated ones these learn from (SAM-X)."""
     if weights == "none":
         return None, None
     if weights != "deepcluster":
         if str(weights).lower() not in IMAGENET and not Path(weights).is_file():
-            raise JobFailed(f"no classifier weights file {weights}")
+            raise JobFailed(f"no {what} weights file {weights}")
         return weights, None
     with db.session() as s:
         found = model_store.latest_deepcluster(s)
@@ -137,11 +137,16 @@ def run_train_detector_job(ctx: JobContext) -> dict:
         raise JobFailed(f"none of the {len(rows)} annotated images has a lesion box yet: the detector has nothing "
                         "to learn")
     init, warm_from = warm_start_weights(settings, ctx.db, p.arch) if p.warm_start else (None, None)
-    clf_weights, clf_from = classifier_start(settings, ctx.db, p.classifier_weights)
+    clf_weights, clf_from = pretrained_start(settings, ctx.db, p.classifier_weights, "classifier")
+    backbone_weights, backbone_from, backbone = None, None, None
+    if warm_from is not None:
+        backbone = (warm_from.config or {}).get("backbone")  # the active version's body: its file fits no other
+    elif p.arch == "resnet18_fpn" or p.backbone_weights not in ("deepcluster", "none"):
+        backbone_weights, backbone_from = pretrained_start(settings, ctx.db, p.backbone_weights, "backbone")
     lr = float(p.lr) if p.lr is not None else FIRST_LR * (WARM_START_LR_SCALE if init else 1.0)
     cfg = DetectorConfig(arch=p.arch, size=int(p.size), epochs=int(p.epochs), batch_size=int(p.batch_size),
                          lr=lr, seed=int(p.seed), tile=None if p.tile is None else int(p.tile),
-                         init_weights=init)
+                         init_weights=init, backbone_weights=backbone_weights, backbone=backbone)
     ctx.progress(0, 100, f"preparing {len(rows)} images", force=True)
     inputs = load_inputs(settings, [(r.content_hash, r.store_path) for r in rows], cfg.input_recipe)
     scales = [scale_of(r.width, r.height, x) for r, x in zip(rows, inputs)]
@@ -151,9 +156,12 @@ def run_train_detector_job(ctx: JobContext) -> dict:
     held = validation_mask(rows)
     train, val = np.flatnonzero(~held), np.flatnonzero(held)
 
-    detector = LesionDetector(classes, cfg).fit(
-        [inputs[i] for i in train], [boxes[i] for i in train], [labels[i] for i in train],
-        progress=lambda d, n, m: ctx.progress(5 + int(70 * d / max(n, 1)), 100, f"detector: {m}"))
+    try:
+        detector = LesionDetector(classes, cfg).fit(
+            [inputs[i] for i in train], [boxes[i] for i in train], [labels[i] for i in train],
+            progress=lambda d, n, m: ctx.progress(5 + int(70 * d / max(n, 1)), 100, f"detector: {m}"))
+    except WeightsError as exc:
+        raise JobFailed(f"the {p.arch} detector cannot start from {backbone_weights}: {exc}") from None
     classifier = None
     if len(set(y[train].tolist())) == 2:
         ctx.progress(75, 100, "image-level classifier", force=True)
@@ -174,11 +182,12 @@ def run_train_detector_job(ctx: JobContext) -> dict:
         f"{ctx.job_id}:{time.time_ns()}".encode()).hexdigest()[:6]
     meta = {"version": version, "kind": ModelKind.detector.value, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "classes": classes, "n_images": len(rows), "n_train": len(train), "n_val": len(val),
-            "n_abnormal": int(y.sum()), "data_hash": data_hash(rows), "config": asdict(cfg),
+            "n_abnormal": int(y.sum()), "data_hash": data_hash(rows), "config": asdict(detector.config),
             "classifier": classifier is not None, "fusion_threshold": float(threshold), "metrics": metrics,
             "history": [asdict(h) for h in detector.history_], "trigger": p.reason,
             "warm_start": warm_from.version if warm_from else None, "init_report": detector.init_report_,
-            "backbone": model_store.lineage(init, detector.init_report_, version=warm_from),
+            "backbone": model_store.lineage(init or backbone_weights, detector.init_report_,
+                                            version=warm_from or backbone_from),
             "classifier_backbone": None if classifier is None else
             model_store.lineage(clf_weights, classifier.init_report_, version=clf_from),
             "processes": distributed.world_size()}  # > 1: under torchrun

@@ -277,7 +277,7 @@ class TrainSorterParams(JobParams):
     min_per_class: int | None = None  # regions with fewer labelled images are left out (None: 5)
     size: int | None = None  # input resolution without a DeepCluster start (None: 64)
     method: str | None = None  # enhancement without a DeepCluster start (None: fhe)
-    init: str | None = None  # deepcluster or none (None: deepcluster)
+    init: str | None = None  # deepcluster, none, imagenet or a weights file (None: deepcluster)
     force: bool | None = None  # activate even when worse than the active version
     reason: str | None = None  # why it was trained (None: "trained by hand")
     clean: bool | None = None  # leave out the labels cross-validation contradicts (None: yes)
@@ -348,6 +348,9 @@ class TrainDetectorParams(JobParams):
     #: The normal/abnormal classifier's start: deepcluster (the latest DeepCluster network, random
     #: weights while there is none), none (random weights), imagenet, or a weights file (None: deepcluster).
     classifier_weights: str | None = None
+    #: The detector's backbone, with the same choices (deepcluster only for resnet18_fpn, whose body is
+    #: the DeepCluster network; the others start from random weights then). Not with a warm start.
+    backbone_weights: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

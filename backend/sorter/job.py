@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, fields
 from datetime import datetime, timezone
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -40,6 +41,8 @@ from training.splits import cv_folds, holdout
 from training.splits import group_images
 from imaging.radiograph import not_a_radiograph
 from training import distributed
+from training.backbone import Backbone
+from training.weights import IMAGENET, LoadReport, WeightsError, backbone_config_of, load_into
 
 log = logging.getLogger(__name__)
 #: What a training does where its parameters name nothing (size and method: without a DeepCluster start).
@@ -55,6 +58,20 @@ def _params(raw: dict) -> tuple[SorterConfig, TrainSorterParams]:
     if job.folds and int(job.folds) < 3:
         raise JobFailed("folds must be 0 (no cross-validation) or at least 3")
     return config, job
+
+
+def pretrained_backbone(weights: str, config: SorterConfig) -> tuple[Backbone, LoadReport]:
+    """ImageNet or a file: a samx model's backbone in its own shape; torchvision's weights (by name
+    or a state dict file) in torchvision's (width 64, one input channel, no Sobel)."""
+    if weights.lower() not in IMAGENET and not Path(weights).is_file():
+        raise JobFailed(f"no sorter weights file {weights}")
+    try:
+        shape = (None if weights.lower() in IMAGENET else backbone_config_of(weights)) or \
+            {"arch": config.arch, "width": 64, "sobel": False}
+        backbone = Backbone(**shape)
+        return backbone, load_into(backbone, weights, arch=shape["arch"])
+    except WeightsError as exc:
+        raise JobFailed(f"the sorter cannot start from {weights}: {exc}") from None
 
 
 def _training_rows(s) -> list:
@@ -105,6 +122,10 @@ def run_train_sorter_job(ctx: JobContext) -> dict:
         init = DeepCluster.load(settings.data_dir / mv.path).backbone_
         init_note = f"deepcluster {mv.version}"
         backbone = model_store.lineage(None, {"loaded": len(init.state_dict())}, version=mv)
+    elif job.init not in ("deepcluster", "none"):
+        init, report = pretrained_backbone(str(job.init), config)
+        init_note = f"{report.source} ({report.loaded} tensors)"
+        backbone = model_store.lineage(str(job.init), report.to_dict())
 
     images = load_tensors(settings, [(r.content_hash, r.store_path) for r in rows], size=size, method=method,
                           progress=lambda d, n: ctx.progress(int(10 * d / n), 100, f"preparing images {d}/{n}"))

@@ -3,8 +3,10 @@
 Images are 2-D float32 [0, 1] radiographs of any size; boxes are [x, y, w, h] in their pixels.
 Inside, every image is resized so its long side is ``config.size`` and replicated to three
 channels (so detection weights trained on RGB, e.g. torchvision's COCO ones, can be the start),
-and every prediction is mapped back to the original pixels. Nothing is downloaded: the network
-is trained from scratch, or from a weights file the user supplies (``init_weights``).
+and every prediction is mapped back to the original pixels. The network starts from random
+weights, a whole saved detector (``init_weights``), or pretrained weights for its backbone alone
+(``backbone_weights``: ImageNet from the torch hub cache, a torchvision state dict, or a samx
+model such as the DeepCluster network, whose shape resnet18_fpn's body then takes).
 
 Small lesions are the hard part. MobileNetV3-FPN's finest feature map has a stride of 16 px at
 ``size``: a lesion of 10 px there (a typical benign phantom lesion at 512) is below it, and
@@ -31,6 +33,7 @@ from imaging.tensor_cache import InputRecipe
 from training import distributed, engine
 from training.embeddings import l2_normalize
 from training.engine import Progress, train_one_epoch
+from training.weights import backbone_config_of, load_into
 
 from .augment import as_sample, detection_transform
 from .boxes import Detections, xywh_to_xyxy, xyxy_to_xywh
@@ -41,6 +44,9 @@ from .tiles import random_tile
 from .uncertainty import detection_uncertainty, mirror
 
 FILE_FORMAT = "samx.lesion_detector/1"
+#: torchvision's network under each detector's FPN: its ImageNet weights, and what a file must fit.
+BACKBONE_ARCH = {"mobilenet_v3": "mobilenet_v3_large", "mobilenet_v3_320": "mobilenet_v3_large",
+                 "resnet18_fpn": "resnet18", "resnet50_fpn": "resnet50", "resnet50_fpn_v2": "resnet50"}
 
 BUILDERS = {
     "mobilenet_v3": tvdet.fasterrcnn_mobilenet_v3_large_fpn,  # the CPU default
@@ -81,6 +87,13 @@ class DetectorConfig:
     detections_per_image: int = 100
     predict_batch_size: int = 8
     init_weights: str | None = None  # a state_dict file (or a saved LesionDetector) to start from
+    #: Pretrained weights for the backbone alone: "imagenet" (torchvision's, from the torch hub cache)
+    #: or a file, a torchvision state dict or a saved samx model (DeepCluster's network: resnet18_fpn
+    #: then takes its shape, ``backbone``). Ignored with ``init_weights``, which sets every tensor.
+    backbone_weights: str | None = None
+    #: resnet18_fpn's body as a training.backbone config ({"arch", "width", "sobel"}); None:
+    #: torchvision's resnet18 on three channels (also what ImageNet weights load into).
+    backbone: dict | None = None
     device: str = "auto"  # "auto": cuda when there is one
     workers: int = 0  # DataLoader workers
     seed: int = 0
@@ -105,8 +118,11 @@ class DetectorConfig:
         if self.optimizer not in ("sgd", "adamw"):
             raise ValueError(f"optimizer must be 'sgd' or 'adamw', not {self.optimizer!r}")
         self.anchor_sizes, self.gamma = tuple(self.anchor_sizes), tuple(self.gamma)
-        if self.init_weights is not None:  # a Path in the saved config would make the file unloadable (weights_only)
-            self.init_weights = str(self.init_weights)
+        if self.backbone is not None and self.arch != "resnet18_fpn":
+            raise ValueError(f"only resnet18_fpn takes a samx backbone shape, not {self.arch}")
+        for name in ("init_weights", "backbone_weights"):  # a Path in the saved config would make the file unloadable (weights_only)
+            if getattr(self, name) is not None:
+                setattr(self, name, str(getattr(self, name)))
         _ = self.input_recipe  # an unknown enhancement fails here, not at the first prediction
 
     @property
@@ -137,7 +153,7 @@ def build_model(arch: str, num_classes: int, cfg: DetectorConfig) -> tvdet.Faste
     extra = {} if cfg.proposals is None else {
         f"rpn_{when}_nms_top_n_{mode}": cfg.proposals for when in ("pre", "post") for mode in ("train", "test")}
     if arch == "resnet18_fpn":
-        extra["box_head"] = cfg.box_head
+        extra["box_head"], extra["backbone"] = cfg.box_head, cfg.backbone
     model = BUILDERS[arch](weights=None, weights_backbone=None, num_classes=num_classes,
                            min_size=cfg.size, max_size=cfg.size,  # images arrive at that size: no second resize
                            box_score_thresh=0.001, box_detections_per_img=cfg.detections_per_image,
@@ -183,6 +199,21 @@ def load_init_weights(model: torch.nn.Module, path: str | Path) -> dict:
     model.load_state_dict(usable, strict=False)
     return {"loaded": len(usable), "reinitialised": misfit, "missing": len(own) - len(usable) - len(misfit),
             "unused": len([k for k in state if k not in own])}
+
+
+def backbone_shape(cfg: DetectorConfig) -> dict | None:
+    """resnet18_fpn's body for ``cfg.backbone_weights``: a samx model's own shape (DeepCluster's
+    width and Sobel input; its weights fit nothing else), else ``cfg.backbone``."""
+    if cfg.arch != "resnet18_fpn" or not cfg.backbone_weights:
+        return cfg.backbone
+    return backbone_config_of(cfg.backbone_weights) or cfg.backbone
+
+
+def load_backbone_weights(model: tvdet.FasterRCNN, cfg: DetectorConfig) -> dict:
+    """Pretrained weights into the body under the FPN (training.weights: names, 3 -> 1 channel
+    kernels, a clear error for another architecture). The FPN and heads start fresh."""
+    arch = cfg.backbone["arch"] if cfg.backbone else BACKBONE_ARCH[cfg.arch]
+    return {**load_into(model.backbone.body, cfg.backbone_weights, arch=arch).to_dict(), "part": "backbone"}
 
 
 class _TrainSet(Dataset):
@@ -271,11 +302,15 @@ class LesionDetector:
 
     def _train(self, images, boxes_xyxy, label_idx, val, progress) -> None:
         cfg = self.config
+        if not cfg.init_weights:
+            cfg.backbone = backbone_shape(cfg)
         with torch.random.fork_rng():  # seed without disturbing the caller's random state
             torch.manual_seed(cfg.seed)
             model = build_model(cfg.arch, len(self.classes) + 1, cfg)
             if cfg.init_weights:
                 self.init_report_ = load_init_weights(model, cfg.init_weights)
+            elif cfg.backbone_weights:
+                self.init_report_ = load_backbone_weights(model, cfg)
             self.model_ = model  # still on the CPU: under torchrun it is sent to every rank, which moves it
 
             def judge(log: EpochLog) -> None:
