@@ -7,7 +7,7 @@ DEMO_DIR ?= demo-data
 DEMO_N   ?= 240
 DEMO_EPOCHS ?= 20
 
-.PHONY: demo test venv bench clean chromium labelstudio
+.PHONY: demo test venv bench clean chromium labelstudio orthanc
 
 # Label Studio lives in a virtualenv of its own: it pins many packages that clash with ours.
 LS_VERSION := 1.23.2
@@ -38,7 +38,7 @@ $(LS_STAMP):
 	@touch $(LS_STAMP)
 
 # lint-imports: the layer and no-cycle contracts in pyproject.toml ([tool.importlinter]).
-test: $(STAMP) chromium $(LS_STAMP)
+test: $(STAMP) chromium orthanc $(LS_STAMP)
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/python -m pytest -q -rs $(PYTEST_ARGS)
 
@@ -50,6 +50,15 @@ chromium:
 	    $$SUDO apt-get install -y -q chromium chromium-driver >/dev/null || \
 	    { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium chromium-driver >/dev/null; } || \
 	    echo "could not install chromium: the browser tests will be skipped (they fail under CI)"; }
+
+# The PACS tests and bench/pacs.py run Debian's Orthanc with its DICOMweb plugin; install them once if missing.
+orthanc:
+	@test -x /usr/sbin/Orthanc && test -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so || { \
+	    echo "installing Debian's orthanc + orthanc-dicomweb for the PACS tests"; \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get install -y -q orthanc orthanc-dicomweb >/dev/null || \
+	    { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q orthanc orthanc-dicomweb >/dev/null; } || \
+	    echo "could not install orthanc: the PACS tests will be skipped (they fail under CI)"; }
 
 bench: $(STAMP)
 	for b in bench/*.py; do $(VENV)/bin/python $$b || exit 1; done

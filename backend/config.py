@@ -75,6 +75,9 @@ class Settings:
     lesion_classes: tuple[str, ...] = ()
     #: A web login ends after this many hours without a request (the signed cookie expires).
     session_hours: float = 12.0
+    #: Basic auth for `samx ingest dicomweb://...` (the password is never stored in the job).
+    dicomweb_user: str | None = None
+    dicomweb_password: str | None = None
 
     @classmethod
     def from_env(cls, data_dir: str | Path | None = None) -> "Settings":
@@ -105,6 +108,8 @@ class Settings:
                    ml_backend_url=env("SAMX_ML_BACKEND_URL"),
                    ml_backend_user=env("SAMX_ML_BACKEND_USER"),
                    ml_backend_password=env("SAMX_ML_BACKEND_PASSWORD"),
+                   dicomweb_user=env("SAMX_DICOMWEB_USER"),
+                   dicomweb_password=env("SAMX_DICOMWEB_PASSWORD"),
                    session_hours=_positive_hours(_number_env("SAMX_SESSION_HOURS", 12.0, float)),
                    lesion_classes=tuple(c.strip() for c in (env("SAMX_LESION_CLASSES") or "").split(",") if c.strip()))
 

@@ -30,7 +30,7 @@ def test_migrations_downgrade_and_upgrade_again(db):
     db.upgrade()  # idempotent
     with db.engine.connect() as conn:
         head = ScriptDirectory.from_config(alembic_config(db.engine)).get_current_head()
-        assert head == "0005" and MigrationContext.configure(conn).get_current_revision() == head
+        assert head == "0006" and MigrationContext.configure(conn).get_current_revision() == head
 
 
 def test_vocabulary_is_seeded_once(db):

@@ -8,6 +8,7 @@ from backend.cli import (  # noqa: F401  # each module adds its commands to ``ma
     job_kinds,
     labelstudio,
     models,
+    pacs,
     servers,
     setup,
 )

@@ -42,20 +42,45 @@ def synth(out: str, n: int, seed: int, fmt: str, size: int, lesion_rate: float, 
 
 
 @main.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.argument("paths", nargs=-1, required=True)
 @click.option("--report", type=click.Path(dir_okay=False), help="Write one JSON record per file here.")
 @click.option("--voi", type=click.Choice(["auto", "lut", "window", "none"]), default="auto", show_default=True,
               help="DICOM intensity transform: VOI LUT, window center/width, or the full range.")
 @click.option("--workers", type=int, default=None, help="Decoding processes (default: all cores).")
 @click.option("--background", is_flag=True, help="Queue a job for `samx worker` instead of running here.")
+@click.option("--dicomweb", "dicomweb", is_flag=True,
+              help="PATHS is an http(s):// DICOMweb service URL (a dicomweb:// URL needs no flag).")
+@click.option("--since", type=click.DateTime(formats=["%Y-%m-%d", "%Y%m%d"]),
+              help="DICOMweb: studies on or after this date.")
+@click.option("--modality", help="DICOMweb: only series of these modalities, comma-separated (e.g. CR,DX).")
+@click.option("--body-part", help="DICOMweb: only series with these BodyPartExamined values, comma-separated.")
+@click.option("--dicomweb-user", help="DICOMweb basic auth (default: SAMX_DICOMWEB_USER).")
+@click.option("--dicomweb-password",
+              help="DICOMweb basic auth (default: SAMX_DICOMWEB_PASSWORD, which keeps it off the process list).")
 @pass_settings
 def ingest(settings: Settings, paths: tuple[str, ...], report: str | None, voi: str, workers: int | None,
-           background: bool) -> None:
-    """Import radiographs (DICOM, PNG, JPEG, TIFF) from files and folders.
+           background: bool, dicomweb: bool, since, modality: str | None, body_part: str | None,
+           dicomweb_user: str | None, dicomweb_password: str | None) -> None:
+    """Import radiographs (DICOM, PNG, JPEG, TIFF) from files and folders, or pull them from a
+    PACS: `samx ingest dicomweb://HOST[:PORT]/PATH [--since DATE] [--modality CR,DX]`.
 
     Exact duplicates (by content) are skipped; unreadable files are recorded with a reason;
     an interrupted run can simply be started again.
     """
+    from backend.pacs.dicomweb import is_url
+
+    if dicomweb or any(is_url(p) for p in paths):
+        from backend.cli.pacs import pull_dicomweb
+
+        if len(paths) != 1 or report:
+            raise click.UsageError("a DICOMweb pull takes one URL, without files, folders or --report")
+        pull_dicomweb(settings, paths[0], plain_http=dicomweb, since=since, modality=modality, body_part=body_part,
+                      user=dicomweb_user, password=dicomweb_password, voi=voi, workers=workers, background=background)
+        return
+    if since or modality or body_part or dicomweb_user or dicomweb_password:
+        raise click.UsageError("--since, --modality, --body-part and --dicomweb-* are for a DICOMweb URL")
+    for p in paths:
+        click.Path(exists=True).convert(p, None, click.get_current_context())
     db = open_db(settings)
     params = IngestParams(paths=tuple(str(Path(p).resolve()) for p in paths), voi=voi, workers=workers,
                           report=str(Path(report).resolve()) if report else None)

@@ -4,9 +4,11 @@ Importing this module registers them; the entry points (the CLI, the test suite)
 machinery never imports the capabilities whose jobs it runs."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 from backend.database.schema import JobKind
 from backend.jobs.context import JobContext
-from backend.jobs.params import IngestParams, IngestResult
+from backend.jobs.params import IngestParams, IngestResult, PullParams
 from backend.jobs.registry import job_kind
 
 
@@ -26,6 +28,20 @@ def ingest_job(ctx: JobContext) -> dict:
         sorted_ = predict_missing(ctx)
     ctx.progress(summary.files, summary.files, "done", force=True)
     return IngestResult(**summary.to_dict(), sorter_predictions=sorted_.predicted if sorted_ else None).to_json()
+
+
+@job_kind(JobKind.pull_dicomweb)
+def pull_dicomweb_job(ctx: JobContext) -> dict:
+    from backend.pacs.dicomweb import pull
+
+    result = pull(ctx.db, PullParams.from_json(ctx.params), password=ctx.settings.dicomweb_password,
+                  progress=lambda done, total, msg: ctx.progress(done, total, msg), job_id=ctx.job_id)
+    sorted_ = None
+    if result.imported:  # as after an ingest: new radiographs get the active sorter's region at once
+        from backend.sorter.job import predict_missing
+
+        sorted_ = predict_missing(ctx)
+    return replace(result, sorter_predictions=sorted_.predicted if sorted_ else None).to_json()
 
 
 @job_kind(JobKind.cluster)

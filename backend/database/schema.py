@@ -160,6 +160,7 @@ class JobKind(enum.StrEnum):
     train_sorter = "train_sorter"
     predict = "predict"
     train_detector = "train_detector"
+    pull_dicomweb = "pull_dicomweb"
 
 
 class User(Base):
@@ -210,6 +211,22 @@ class Image(Base):
 
     weak_labels: Mapped[list["WeakLabel"]] = relationship(back_populates="image", passive_deletes=True)
     boxes: Mapped[list["Box"]] = relationship(back_populates="image", passive_deletes=True)
+
+
+class PacsInstance(Base):
+    """A DICOM instance samx has had from a PACS (pulled over DICOMweb or pushed to `samx listen`),
+    keyed by its SOP Instance UID as the de-identifier replaces it (the value ``images.sop_uid``
+    gets): the ledger that lets a pull skip what it has, without keeping the original UID."""
+
+    __tablename__ = "pacs_instances"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sop_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    source: Mapped[str] = mapped_column(Text)  # the DICOMweb URL (no credentials) or dicom://AET
+    outcome: Mapped[str] = mapped_column(String(16))  # imported, duplicate or rejected
+    image_id: Mapped[int | None] = mapped_column(ForeignKey("images.id", ondelete="SET NULL"))
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class Label(Base):

@@ -3,14 +3,19 @@
 Decoding runs in worker processes; only this process writes the database, one transaction
 per file, after the image's files are completely on disk. An interrupted run leaves
 complete rows or none, and the next run skips what is already there (by content hash).
+
+Files come as paths, or as (name, bytes) from a PACS (backend/pacs/): those go through the same
+steps without ever being written to disk undeidentified.
 """
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import multiprocessing
 import os
+import threading
 import time
 import warnings
 from collections import Counter
@@ -29,6 +34,9 @@ from backend.database.schema import Image, ImageStatus
 log = logging.getLogger("samx.ingest")
 
 Progress = Callable[[int, int, str | None], None]
+#: A file path, or (name, content) for bytes received from elsewhere; the name is what the row,
+#: the report and the log call it.
+Item = str | tuple[str, bytes]
 
 
 def iter_files(paths: Iterable[str | Path], *, exclude: Path | None = None) -> Iterator[Path]:
@@ -79,19 +87,20 @@ def _init_worker(settings: Settings, known_imported: frozenset[str], voi: str) -
                          deidentifier=Deidentifier(settings.secret()))
 
 
-def _process(path_str: str) -> FileOutcome:
+def _process(item: Item) -> FileOutcome:
     """Read once, hash, decode, de-identify, write pixels + thumbnail. Never raises."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom warns per odd element; the outcome carries the reason
-        return _process_quietly(path_str)
+        return _process_quietly(item)
 
 
-def _process_quietly(path_str: str) -> FileOutcome:
+def _process_quietly(item: Item) -> FileOutcome:
     from imaging.errors import ImageRejected
     from imaging.reader import read_bytes, read_radiograph
     settings: Settings = _worker_state["settings"]
+    path_str, source = (item, item) if isinstance(item, str) else item
     try:
-        data = read_bytes(path_str)
+        data = read_bytes(source)
     except ImageRejected as exc:
         return FileOutcome(path_str, None, 0, "rejected", exc.code, exc.reason)
     digest = hashlib.sha256(data).hexdigest()
@@ -174,33 +183,27 @@ def _image_columns(outcome: FileOutcome) -> dict:
     )
 
 
-def ingest_paths(
-    db: Database,
-    paths: Iterable[str | Path],
-    *,
-    report: str | Path | None = None,
-    voi: str = "auto",
-    workers: int | None = None,
-    progress: Progress | None = None,
-    job_id: int | None = None,
-) -> IngestSummary:
-    settings = db.settings
-    settings.ensure_dirs()
-    settings.secret()  # create before workers start so all agree on one key
-    files = [str(p) for p in iter_files(paths, exclude=settings.data_dir)]
-    summary = IngestSummary(files=len(files))
-    with db.session() as s:
-        known: dict[str, tuple[int, ImageStatus]] = {
-            h: (i, st) for i, h, st in s.execute(select(Image.id, Image.content_hash, Image.status))
-        }
-    known_imported = frozenset(h for h, (_, st) in known.items() if st == ImageStatus.imported)
-    workers = max(1, min(workers or os.cpu_count() or 1, len(files) or 1))
-    writer = _ReportWriter(Path(report) if report else None)
-    started = time.perf_counter()
-    session = db.sessionmaker()
+class Recorder:
+    """The database side of an ingest: one transaction per file, duplicates by content hash, the
+    report. Used by one thread at a time."""
 
-    def record(outcome: FileOutcome) -> None:
-        """One file, one transaction: a kill loses at most the file in flight."""
+    def __init__(self, db: Database, *, report: str | Path | None = None, job_id: int | None = None):
+        self.db, self.job_id = db, job_id
+        self.summary = IngestSummary()
+        with db.session() as s:
+            self.known: dict[str, tuple[int, ImageStatus]] = {
+                h: (i, st) for i, h, st in s.execute(select(Image.id, Image.content_hash, Image.status))
+            }
+        self.writer = _ReportWriter(Path(report) if report else None)
+        self.session = db.sessionmaker()
+
+    def known_imported(self) -> frozenset[str]:
+        return frozenset(h for h, (_, st) in self.known.items() if st == ImageStatus.imported)
+
+    def record(self, outcome: FileOutcome) -> int | None:
+        """One file, one transaction: a kill loses at most the file in flight. Returns the
+        image's id (its row, rejected ones included, or None), ``outcome.status`` what happened."""
+        known, session, summary = self.known, self.session, self.summary
         row = None
         prior = known.get(outcome.content_hash) if outcome.content_hash else None
         if outcome.status != "rejected" and prior is not None and prior[1] == ImageStatus.imported:
@@ -220,7 +223,7 @@ def ingest_paths(
                 session.add(row)
             row.reason_code, row.reason = outcome.code, outcome.reason
         if row is not None:
-            row.source_path, row.file_size, row.ingest_job_id = outcome.path, outcome.file_size, job_id
+            row.source_path, row.file_size, row.ingest_job_id = outcome.path, outcome.file_size, self.job_id
             try:
                 session.commit()
                 known[outcome.content_hash] = (row.id, row.status)
@@ -232,33 +235,114 @@ def ingest_paths(
                     outcome.status = "duplicate"
                 row = None
         image_id = row.id if row is not None else known.get(outcome.content_hash or "", (None,))[0]
+        summary.files += 1
         summary.by_status[outcome.status] += 1
         if image_id is not None and outcome.status != "rejected":
             summary.image_ids[outcome.path] = image_id
         if outcome.status == "rejected":
             summary.by_reason[outcome.code or "unknown"] += 1
             log.info("rejected %s: %s: %s", outcome.path, outcome.code, outcome.reason)
-        writer.write({"path": outcome.path, "status": outcome.status,
-                      "reason": f"{outcome.code}: {outcome.reason}" if outcome.code else None,
-                      "image_id": image_id})
+        self.writer.write({"path": outcome.path, "status": outcome.status,
+                           "reason": f"{outcome.code}: {outcome.reason}" if outcome.code else None,
+                           "image_id": image_id})
+        return image_id
 
-    init_args = (settings, known_imported, voi)
+    def close(self, *, complete: bool) -> None:
+        """``complete``: the report is final; otherwise it stays ``.partial`` for inspection."""
+        if complete:
+            self.writer.close()
+        self.writer.abort()
+        self.session.close()
+
+
+def process_here(db: Database, item: Item, *, voi: str = "auto",
+                 known_imported: frozenset[str] = frozenset()) -> FileOutcome:
+    """Decode one item in this process (``samx listen``); ``Recorder.record`` stores it."""
+    if _worker_state.get("settings") is not db.settings or _worker_state.get("voi") != voi:
+        db.settings.ensure_dirs()
+        _init_worker(db.settings, known_imported, voi)
+    return _process(item)
+
+
+def ingest_paths(
+    db: Database,
+    paths: Iterable[str | Path],
+    *,
+    report: str | Path | None = None,
+    voi: str = "auto",
+    workers: int | None = None,
+    progress: Progress | None = None,
+    job_id: int | None = None,
+) -> IngestSummary:
+    files = [str(p) for p in iter_files(paths, exclude=db.settings.data_dir)]
+    return ingest_items(db, files, total=len(files), report=report, voi=voi, workers=workers,
+                        progress=progress, job_id=job_id)
+
+
+def ingest_items(
+    db: Database,
+    items: Iterable[Item],
+    *,
+    total: int | None = None,
+    report: str | Path | None = None,
+    voi: str = "auto",
+    workers: int | None = None,
+    progress: Progress | None = None,
+    job_id: int | None = None,
+    on_outcome: Callable[[FileOutcome, int | None], None] | None = None,
+) -> IngestSummary:
+    """Ingest ``items`` (paths or (name, bytes)). Without ``total`` they are taken as a lazy
+    iterable: the pool's feeder thread reads it, so whatever produces it (a download) overlaps
+    with decoding, at most a few items ahead of the database (bytes wait in memory).
+    ``on_outcome`` sees each file's outcome and image id right after its transaction."""
+    settings = db.settings
+    settings.ensure_dirs()
+    settings.secret()  # create before workers start so all agree on one key
+    recorder = Recorder(db, report=report, job_id=job_id)
+    summary = recorder.summary
+    cap = (total or 1) if total is not None else (workers or os.cpu_count() or 1)
+    workers = max(1, min(workers or os.cpu_count() or 1, cap))
+    started = time.perf_counter()
+    init_args = (settings, recorder.known_imported(), voi)
     pool = None
+    complete = False
+    ahead = threading.Semaphore(4 * workers)
+    stopping = threading.Event()
+
+    def read_ahead(lazy: Iterable[Item]) -> Iterator[Item]:
+        """Hold the feeder thread back; it must also notice a stop, as terminate() joins it."""
+        for item in lazy:
+            while not ahead.acquire(timeout=0.2):
+                if stopping.is_set():
+                    return
+            yield item
+
     try:
         if workers == 1:
             _init_worker(*init_args)
-            outcomes: Iterator[FileOutcome] = map(_process, files)
+            outcomes: Iterator[FileOutcome] = map(_process, items)
+        elif total is None:  # the pool (seconds to start) only once there is a first item
+            lazy = iter(items)
+            first = next(lazy, None)
+            if first is None:
+                outcomes = iter(())
+            else:
+                pool = multiprocessing.get_context("spawn").Pool(workers, _init_worker, init_args)
+                outcomes = pool.imap(_process, read_ahead(itertools.chain([first], lazy)), chunksize=1)
         else:
             pool = multiprocessing.get_context("spawn").Pool(workers, _init_worker, init_args)
-            outcomes = pool.imap(_process, files, chunksize=2)
+            outcomes = pool.imap(_process, items, chunksize=2)
         for done, outcome in enumerate(outcomes, 1):
-            record(outcome)
+            ahead.release()
+            image_id = recorder.record(outcome)
+            if on_outcome is not None:
+                on_outcome(outcome, image_id)
             if progress is not None:
-                progress(done, len(files), None)
-        writer.close()
+                progress(done, total, None)
+        complete = True
     finally:
-        session.close()
-        writer.abort()
+        stopping.set()
+        recorder.close(complete=complete)
         if pool is not None:
             pool.terminate()
             pool.join()

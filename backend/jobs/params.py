@@ -164,6 +164,45 @@ class IngestResult(JobResult):
     sorter_predictions: int | None = field(default=None, metadata=OMIT_NONE)  # new images the active sorter sorted
 
 
+# ---------------------------------------------------------------- pull_dicomweb
+
+
+@dataclass(frozen=True, kw_only=True)
+class PullParams(JobParams):
+    """`samx ingest dicomweb://...`: the password is not a parameter (it would be stored in the
+    job row); the job reads it from the settings (SAMX_DICOMWEB_PASSWORD)."""
+
+    kind = JobKind.pull_dicomweb
+    _what = "DICOMweb pull"
+
+    url: str  # http(s)://host:port/prefix of the DICOMweb service
+    since: str | None = None  # YYYYMMDD: studies on or after this date
+    modalities: tuple[str, ...] = ()  # only series of these modalities (empty: all)
+    body_parts: tuple[str, ...] = ()  # only series with these BodyPartExamined values (empty: all)
+    user: str | None = None  # basic auth (None: the settings' SAMX_DICOMWEB_USER)
+    voi: str = "auto"  # DICOM intensity transform: auto, lut, window, none
+    workers: int | None = None  # decoding processes (None: all cores)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PullResult(JobResult):
+    url: str
+    studies: int  # matching the query
+    series: int  # matching the modality and body-part filters
+    instances: int  # in those series
+    already_had: int  # in the ledger from an earlier pull or push: not retrieved
+    retrieved: int
+    failed: int  # the server could not deliver them; a later pull tries again
+    failed_studies: int  # the server could not list their series or instances; a later pull tries again
+    imported: int
+    duplicate: int
+    rejected: int
+    rejected_by_reason: dict[str, int]
+    seconds: float
+    studies_per_second: float
+    sorter_predictions: int | None = field(default=None, metadata=OMIT_NONE)
+
+
 # ---------------------------------------------------------------- cluster
 
 
