@@ -48,6 +48,9 @@ def synth(out: str, n: int, seed: int, fmt: str, size: int, lesion_rate: float, 
               help="DICOM intensity transform: VOI LUT, window center/width, or the full range.")
 @click.option("--workers", type=int, default=None, help="Decoding processes (default: all cores).")
 @click.option("--background", is_flag=True, help="Queue a job for `samx worker` instead of running here.")
+@click.option("--shard-size", type=click.IntRange(min=1),
+              help="With --background: split the files into jobs of this many, which several `samx worker` "
+                   "processes (any machine, with Redis) share.")
 @click.option("--dicomweb", "dicomweb", is_flag=True,
               help="PATHS is an http(s):// DICOMweb service URL (a dicomweb:// URL needs no flag).")
 @click.option("--since", type=click.DateTime(formats=["%Y-%m-%d", "%Y%m%d"]),
@@ -59,7 +62,7 @@ def synth(out: str, n: int, seed: int, fmt: str, size: int, lesion_rate: float, 
               help="DICOMweb basic auth (default: SAMX_DICOMWEB_PASSWORD, which keeps it off the process list).")
 @pass_settings
 def ingest(settings: Settings, paths: tuple[str, ...], report: str | None, voi: str, workers: int | None,
-           background: bool, dicomweb: bool, since, modality: str | None, body_part: str | None,
+           background: bool, shard_size: int | None, dicomweb: bool, since, modality: str | None, body_part: str | None,
            dicomweb_user: str | None, dicomweb_password: str | None) -> None:
     """Import radiographs (DICOM, PNG, JPEG, TIFF) from files and folders, or pull them from a
     PACS: `samx ingest dicomweb://HOST[:PORT]/PATH [--since DATE] [--modality CR,DX]`.
@@ -70,6 +73,8 @@ def ingest(settings: Settings, paths: tuple[str, ...], report: str | None, voi: 
     from backend.pacs.dicomweb import is_url
 
     if dicomweb or any(is_url(p) for p in paths):
+        if shard_size is not None:
+            raise click.UsageError("--shard-size is for files and folders, not a DICOMweb pull")
         from backend.cli.pacs import pull_dicomweb
 
         if len(paths) != 1 or report:
@@ -77,13 +82,15 @@ def ingest(settings: Settings, paths: tuple[str, ...], report: str | None, voi: 
         pull_dicomweb(settings, paths[0], plain_http=dicomweb, since=since, modality=modality, body_part=body_part,
                       user=dicomweb_user, password=dicomweb_password, voi=voi, workers=workers, background=background)
         return
+    if shard_size is not None and (not background or report):
+        raise click.UsageError("--shard-size queues shard jobs for `samx worker`: it needs --background, and takes no --report")
     if since or modality or body_part or dicomweb_user or dicomweb_password:
         raise click.UsageError("--since, --modality, --body-part and --dicomweb-* are for a DICOMweb URL")
     for p in paths:
         click.Path(exists=True).convert(p, None, click.get_current_context())
     db = open_db(settings)
     params = IngestParams(paths=tuple(str(Path(p).resolve()) for p in paths), voi=voi, workers=workers,
-                          report=str(Path(report).resolve()) if report else None)
+                          report=str(Path(report).resolve()) if report else None, shard_size=shard_size)
     out = run_job(db, JobKind.ingest, params, background, unit="file")
     if out is None:
         return

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 from backend.database.schema import JobKind
 from backend.jobs.context import JobContext
-from backend.jobs.params import IngestParams, IngestResult, PullParams
+from backend.jobs.params import IngestParams, IngestResult, IngestSplitResult, PullParams
 from backend.jobs.registry import job_kind
 
 
@@ -17,6 +17,8 @@ def ingest_job(ctx: JobContext) -> dict:
     from backend.images.ingest import ingest_paths
 
     p = IngestParams.from_json(ctx.params)
+    if p.shard_size is not None and p.parent is None:
+        return _split_ingest(ctx, p)
     summary = ingest_paths(
         ctx.db, list(p.paths), report=p.report, voi=p.voi, workers=p.workers,
         progress=lambda done, total, msg: ctx.progress(done, total, msg), job_id=ctx.job_id,
@@ -28,6 +30,38 @@ def ingest_job(ctx: JobContext) -> dict:
         sorted_ = predict_missing(ctx)
     ctx.progress(summary.files, summary.files, "done", force=True)
     return IngestResult(**summary.to_dict(), sorter_predictions=sorted_.predicted if sorted_ else None).to_json()
+
+
+def _split_ingest(ctx: JobContext, p: IngestParams) -> dict:
+    """List the files once and queue one ingest job per ``shard_size`` of them: every worker on
+    the queue takes shards, and each shard is an ordinary ingest (one transaction per file,
+    duplicates by content hash), so a shard run twice imports nothing twice."""
+    from backend.images.ingest import iter_files
+    from backend.jobs.shards import spawn_shards
+
+    found: list[str] = []
+
+    def shards() -> list[IngestParams]:
+        found.extend(str(f) for f in iter_files(p.paths, exclude=ctx.settings.data_dir))
+        size = p.shard_size or 1
+        return [replace(p, paths=tuple(found[i:i + size]), shard_size=None, parent=ctx.job_id)
+                for i in range(0, len(found), size)]
+
+    ids = spawn_shards(ctx.db, ctx.job_id, shards)
+    files = len(found) if found else _files_in(ctx, ids)
+    ctx.progress(len(ids), len(ids), f"split {files} files into {len(ids)} shard jobs"
+                 + (f" ({ids[0]}-{ids[-1]})" if ids else ""), force=True)
+    return IngestSplitResult(files=files, shards=len(ids), shard_size=p.shard_size or 1, shard_jobs=ids).to_json()
+
+
+def _files_in(ctx: JobContext, ids: list[int]) -> int:
+    """The files of shard jobs queued by an earlier run of this parent."""
+    from sqlalchemy import select
+
+    from backend.database.schema import Job
+
+    with ctx.db.session() as s:
+        return sum(len(params.get("paths") or []) for params in s.scalars(select(Job.params).where(Job.id.in_(ids))))
 
 
 @job_kind(JobKind.pull_dicomweb)

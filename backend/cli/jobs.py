@@ -31,12 +31,19 @@ def jobs(ctx: click.Context, status: str | None, limit: int) -> None:
         rows = s.scalars(q).all()
     if not rows:
         click.echo("no jobs")
+    from backend.jobs.shards import shard_ids, shard_summary
+
     for j in rows:
-        click.echo(_job_line(j))
+        ids = shard_ids(j)
+        click.echo(_job_line(j, shard_summary(db, ids) if ids else None))
 
 
-def _job_line(j) -> str:
+def _job_line(j, shards: dict | None = None) -> str:
     progress = f"{j.done}/{j.total}" if j.total else str(j.done or "")
+    if shards is not None:  # a split job: its shards' progress
+        states = ", ".join(f"{n} {state}" for state, n in sorted(shards["status"].items()))
+        return (f"{j.id:>5}  {j.kind:<10} {j.status.value:<10} {shards['done']:>5}/{shards['total']:<6}  "
+                f"{j.created_at:%Y-%m-%d %H:%M}  {shards['shards']} shards: {states}")
     return f"{j.id:>5}  {j.kind:<10} {j.status.value:<10} {progress:>12}  {j.created_at:%Y-%m-%d %H:%M}  {j.error or j.message or ''}"
 
 
@@ -52,9 +59,16 @@ def jobs_show(settings: Settings, job_id: int) -> None:
         j = s.get(Job, job_id)
     if j is None:
         raise click.ClickException(f"no job {job_id}")
-    click.echo(_job_line(j))
-    click.echo(json.dumps({"params": j.params, "result": j.result, "attempts": j.attempts, "worker": j.worker,
-                           "progress": j.progress, "error": j.error}, indent=2, default=str))
+    from backend.jobs.shards import shard_ids, shard_summary
+
+    ids = shard_ids(j)
+    shards = shard_summary(db, ids) if ids else None
+    click.echo(_job_line(j, shards))
+    shown = {"params": j.params, "result": j.result, "attempts": j.attempts, "worker": j.worker,
+             "progress": j.progress, "error": j.error}
+    if shards is not None:
+        shown["shards"] = shards
+    click.echo(json.dumps(shown, indent=2, default=str))
 
 
 @jobs.command("retry")

@@ -150,6 +150,27 @@ class IngestParams(JobParams):
     report: str | None = None  # one JSON record per file written here
     voi: str = "auto"  # DICOM intensity transform: auto, lut, window, none
     workers: int | None = None  # decoding processes (None: all cores)
+    #: Split the files into shard jobs of this many, which any `samx worker` takes up (None: one job).
+    shard_size: int | None = None
+    parent: int | None = None  # a shard: the ingest job that split the files (its paths are the shard's files)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.shard_size is not None and self.shard_size < 1:
+            raise JobFailed(f"shard_size must be at least 1, not {self.shard_size}")
+        if self.shard_size is not None and self.report is not None:
+            raise JobFailed("a sharded ingest writes no --report (each shard job has its own result)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class IngestSplitResult(JobResult):
+    """An ingest split into shards: the files it found and the shard jobs that ingest them
+    (``samx jobs show`` adds up their results)."""
+
+    files: int
+    shards: int
+    shard_size: int
+    shard_jobs: list[int]
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -22,6 +22,7 @@ from backend.jobs.context import JobCancelled, JobContext, JobFailed
 from backend.jobs.params import JobParams
 from backend.jobs.queue import send as send_to_queue
 from backend.jobs.registry import handler
+from backend.jobs.shards import cancel_shards
 from backend.database.schema import Job, JobKind, JobStatus, utcnow
 
 log = logging.getLogger("samx.jobs")
@@ -163,4 +164,5 @@ def cancel(db: Database, job_id: int) -> Job:
             raise JobFailed(f"no job {job_id}")
         if job.status in (JobStatus.queued, JobStatus.running):
             job.status, job.finished_at, job.error = JobStatus.cancelled, utcnow(), "cancelled"
-        return job
+    cancel_shards(db, job)  # a split job's shards go with it
+    return job
