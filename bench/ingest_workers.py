@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.cached_phantoms import cached_phantoms  # noqa: E402
+from tests.factories import stop_workers  # noqa: E402
 
 PG = os.environ.get("SAMX_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REDIS = os.environ.get("SAMX_BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
@@ -71,13 +71,7 @@ def one_run(folder: Path, n_workers: int, shard_size: int) -> float:
                 files = s.get(Job, parent.id).result["files"]
                 assert all(j.status == JobStatus.succeeded for j in s.scalars(select(Job))), "a job failed"
         finally:
-            for w in workers:
-                os.killpg(w.pid, signal.SIGINT)
-            for w in workers:
-                try:
-                    w.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(w.pid, signal.SIGKILL)
+            stop_workers(workers)
             db.dispose()
             client.flushdb()
             with admin.connect() as c:

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import io
+import os
 import re
+import signal
+import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -97,6 +100,20 @@ def forearm(h: int = 480, w: int = 400, seed: int = 0) -> tuple[np.ndarray, np.n
 # ---- cluster runs for the decision service and the web app --------------------------------
 
 TEST_PASSWORD = "correct-horse-battery"
+
+
+def stop_workers(workers: list[subprocess.Popen]) -> None:
+    """`samx worker` processes started with ``start_new_session``: SIGINT to each group (Huey's
+    graceful stop), SIGKILL to any still there after 20 s."""
+    for w in workers:
+        if w.poll() is None:
+            os.killpg(w.pid, signal.SIGINT)
+    for w in workers:
+        try:
+            w.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(w.pid, signal.SIGKILL)
+            w.wait(timeout=10)
 
 
 def make_user(db, username: str, role: str = "radiologist"):

@@ -19,6 +19,7 @@ from backend.database.session import Database
 from backend.jobs import enqueue, reap_stale
 from backend.jobs.params import IngestParams
 from tests.conftest import make_settings
+from tests.factories import stop_workers
 
 SAMX = [sys.executable, "-m", "backend.cli"]
 FILES, SHARD = 40, 5
@@ -48,18 +49,6 @@ def _until(what: str, check, timeout: float, every: float = 0.05):
             return found
         time.sleep(every)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-def _stop(workers: list[subprocess.Popen]) -> None:
-    for w in workers:
-        if w.poll() is None:
-            os.killpg(w.pid, signal.SIGINT)
-    for w in workers:
-        try:
-            w.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(w.pid, signal.SIGKILL)
-            w.wait(timeout=10)
 
 
 @pytest.mark.slow
@@ -112,7 +101,7 @@ def test_shards_shared_by_two_workers_survive_a_killed_worker(tmp_path: Path, po
         out = subprocess.run(SAMX + ["jobs", "show", str(parent.id)], env=_env(settings), capture_output=True,
                              text=True, timeout=120)
     finally:
-        _stop(workers)
+        stop_workers(workers)
 
     jobs = {j.id: j for j in _jobs(db)}
     assert [j.status for j in jobs.values()] == [JobStatus.succeeded] * len(jobs), \

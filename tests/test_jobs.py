@@ -16,7 +16,7 @@ from backend.database.session import Database
 from backend.jobs import enqueue, reap_stale, retry
 from backend.database.schema import Image, ImageStatus, Job, JobStatus
 from tests.conftest import make_settings
-from tests.factories import body_like, dicom_bytes
+from tests.factories import body_like, dicom_bytes, stop_workers
 
 SAMX = [sys.executable, "-m", "backend.cli"]
 
@@ -71,13 +71,7 @@ def test_redis_queue_with_two_workers(tmp_path: Path, postgres_url: str, redis_u
     try:
         finished = _wait(db, [j.id for j in jobs], timeout=240)
     finally:
-        for w in workers:
-            os.killpg(w.pid, signal.SIGINT)
-        for w in workers:
-            try:
-                w.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(w.pid, signal.SIGKILL)
+        stop_workers(workers)
     assert [j.status for j in finished] == [JobStatus.succeeded] * 4, [j.error for j in finished]
     with db.session() as s:
         assert s.scalar(select(func.count()).select_from(Image)) == 12

@@ -23,13 +23,19 @@ def ingest_job(ctx: JobContext) -> dict:
         ctx.db, list(p.paths), report=p.report, voi=p.voi, workers=p.workers,
         progress=lambda done, total, msg: ctx.progress(done, total, msg), job_id=ctx.job_id,
     )
-    sorted_ = None
-    if summary.by_status["imported"]:  # new radiographs get the active sorter's region at once
-        from backend.sorter.job import predict_missing
-
-        sorted_ = predict_missing(ctx)
+    sorted_ = _sort_new(ctx, summary.by_status["imported"])
     ctx.progress(summary.files, summary.files, "done", force=True)
-    return IngestResult(**summary.to_dict(), sorter_predictions=sorted_.predicted if sorted_ else None).to_json()
+    return IngestResult(**summary.to_dict(), sorter_predictions=sorted_).to_json()
+
+
+def _sort_new(ctx: JobContext, imported: int) -> int | None:
+    """New radiographs get the active sorter's region at once: how many it sorted (None: no new ones)."""
+    if not imported:
+        return None
+    from backend.sorter.job import predict_missing
+
+    result = predict_missing(ctx)
+    return result.predicted if result else None
 
 
 def _split_ingest(ctx: JobContext, p: IngestParams) -> dict:
@@ -39,23 +45,21 @@ def _split_ingest(ctx: JobContext, p: IngestParams) -> dict:
     from backend.images.ingest import iter_files
     from backend.jobs.shards import spawn_shards
 
-    found: list[str] = []
-
     def shards() -> list[IngestParams]:
-        found.extend(str(f) for f in iter_files(p.paths, exclude=ctx.settings.data_dir))
+        found = [str(f) for f in iter_files(p.paths, exclude=ctx.settings.data_dir)]
         size = p.shard_size or 1
         return [replace(p, paths=tuple(found[i:i + size]), shard_size=None, parent=ctx.job_id)
                 for i in range(0, len(found), size)]
 
     ids = spawn_shards(ctx.db, ctx.job_id, shards)
-    files = len(found) if found else _files_in(ctx, ids)
+    files = _files_in(ctx, ids)
     ctx.progress(len(ids), len(ids), f"split {files} files into {len(ids)} shard jobs"
                  + (f" ({ids[0]}-{ids[-1]})" if ids else ""), force=True)
     return IngestSplitResult(files=files, shards=len(ids), shard_size=p.shard_size or 1, shard_jobs=ids).to_json()
 
 
 def _files_in(ctx: JobContext, ids: list[int]) -> int:
-    """The files of shard jobs queued by an earlier run of this parent."""
+    """The files of the parent's shard jobs (queued by this run or an earlier one)."""
     from sqlalchemy import select
 
     from backend.database.schema import Job
@@ -70,12 +74,7 @@ def pull_dicomweb_job(ctx: JobContext) -> dict:
 
     result = pull(ctx.db, PullParams.from_json(ctx.params), password=ctx.settings.dicomweb_password,
                   progress=lambda done, total, msg: ctx.progress(done, total, msg), job_id=ctx.job_id)
-    sorted_ = None
-    if result.imported:  # as after an ingest: new radiographs get the active sorter's region at once
-        from backend.sorter.job import predict_missing
-
-        sorted_ = predict_missing(ctx)
-    return replace(result, sorter_predictions=sorted_.predicted if sorted_ else None).to_json()
+    return replace(result, sorter_predictions=_sort_new(ctx, result.imported)).to_json()
 
 
 @job_kind(JobKind.cluster)
